@@ -1,0 +1,3 @@
+from opswap.cli import main
+
+raise SystemExit(main())
