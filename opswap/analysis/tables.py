@@ -1,0 +1,310 @@
+"""The papers' tables, measured: position × candidate, mean ± std over seeds with n.
+
+Layout of Tables 2–3 of the operation-substitution study (seeds/operation-substitution-wrn):
+one table per epoch budget, the baseline as its own row, best candidate per position marked,
+and each cell tested against the baseline with Welch's t-test (scipy.stats.ttest_ind,
+equal_var=False), which needs n ≥ 2 on both sides. Also a Δ-vs-baseline table, a complexity
+table and the seed-000 method comparison on measured criteria. Pure: pandas in, pandas out.
+"""
+from __future__ import annotations
+
+import html
+import math
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+MISSING = "—"
+BEST = "▲"
+NOT_TESTABLE = "°"
+LEGEND = (f"mean ± std (n) over seeds. {BEST} best at its position. Welch's t-test against the "
+          "baseline: * p < 0.05, ** p < 0.01, *** p < 0.001; "
+          f"{NOT_TESTABLE} not testable (needs n ≥ 2 on both sides). {MISSING} no finished trial.")
+FAMILY_ORDER = ["baseline", "identity", "mbconv", "conv_bn", "resnet", "bottleneck"]
+DEFAULT_INITS = (None, "lana", "teacher")
+
+
+def _is_set(value) -> bool:
+    return value is not None and not (isinstance(value, float) and math.isnan(value)) \
+        and value is not pd.NA
+
+
+def candidate_label(row: pd.Series, *, with_data_fraction: bool = True) -> str:
+    """The op and what varies about it: `bottleneck_e2 · dsr 0.9 · random init`."""
+    op = row.get("op") if _is_set(row.get("op")) else "baseline"
+    label = [op]
+    prune, sparsity = row.get("prune"), row.get("sparsity")
+    if _is_set(prune) and prune != "none" and _is_set(sparsity) and sparsity > 0:
+        label.append(f"{prune} {sparsity:g}")
+    init = row.get("init") if _is_set(row.get("init")) else None
+    if op != "baseline" and init not in DEFAULT_INITS:
+        label.append(f"{init} init")
+    fraction = row.get("data_fraction")
+    if with_data_fraction and _is_set(fraction) and fraction < 1:
+        label.append(f"{fraction:g} data")
+    return " · ".join(label)
+
+
+def _row_label(position, model: str, several_models: bool) -> str:
+    name = "baseline" if not _is_set(position) else str(int(position))
+    return f"{model} · {name}" if several_models else name
+
+
+def labelled(frame: pd.DataFrame) -> pd.DataFrame:
+    """Network trials with `row` (position or "baseline") and `candidate` label columns."""
+    frame = frame[frame["kind"].fillna("train") != "traditional"].copy()
+    models = (frame["model"].astype(str) + " " + frame["dataset"].astype(str)).unique()
+    frame["row"] = [_row_label(p, m, len(models) > 1)
+                    for p, m in zip(frame["position"], frame["model"].astype(str))]
+    frame["candidate"] = [candidate_label(r) for _, r in frame.iterrows()]
+    frame["is_reference"] = (frame["candidate"] == "baseline") & frame["position"].isna()
+    return frame
+
+
+def _sort_key(candidate: str) -> tuple:
+    op = candidate.split(" · ")[0]
+    family = next((i for i, f in enumerate(FAMILY_ORDER) if op.startswith(f)), len(FAMILY_ORDER))
+    return family, op, candidate
+
+
+def _row_key(row: str) -> tuple:
+    last = row.split(" · ")[-1]
+    return row.rsplit(" · ", 1)[0] if " · " in row else "", last != "baseline", \
+        int(last) if last.isdigit() else 0
+
+
+def _marks(p_value: float) -> str:
+    if math.isnan(p_value):
+        return NOT_TESTABLE
+    return "***" if p_value < 1e-3 else "**" if p_value < 1e-2 else "*" if p_value < 0.05 else ""
+
+
+def summary(frame: pd.DataFrame, metric: str = "test_acc", *,
+            higher_is_better: bool = True) -> pd.DataFrame:
+    """Long table: one row per (epochs, row, candidate) with n, mean, std, Δ, CI, p and marks."""
+    data = labelled(frame)
+    out = []
+    for epochs, group in data.groupby(data["epochs"].fillna(-1), sort=True):
+        ok = group[(group["status"] == "ok") & group[metric].notna()]
+        for model in group["model"].astype(str).unique():
+            in_model = ok[ok["model"].astype(str) == model]
+            reference = in_model.loc[in_model["is_reference"], metric].to_numpy(float)
+            cells = group[group["model"].astype(str) == model]
+            for (row, candidate), cell in cells.groupby(["row", "candidate"], sort=False):
+                values = in_model.loc[(in_model["row"] == row)
+                                      & (in_model["candidate"] == candidate), metric]
+                values = values.to_numpy(float)
+                is_reference = bool(cell["is_reference"].all())
+                p, low, high = math.nan, math.nan, math.nan
+                if not is_reference and len(values) >= 2 and len(reference) >= 2:
+                    test = stats.ttest_ind(values, reference, equal_var=False)
+                    p = float(test.pvalue)
+                    if not math.isnan(p):
+                        low, high = test.confidence_interval(0.95)
+                out.append({
+                    "epochs": None if epochs == -1 else int(epochs), "model": model,
+                    "row": row, "candidate": candidate, "is_reference": is_reference,
+                    "n": len(values), "mean": values.mean() if len(values) else math.nan,
+                    "std": values.std(ddof=1) if len(values) > 1 else math.nan,
+                    "n_failed": int(cell["status"].isin(["failed", "diverged"]).sum()),
+                    "n_reference": len(reference),
+                    "delta": (values.mean() - reference.mean()
+                              if len(values) and len(reference) else math.nan),
+                    "ci_low": float(low), "ci_high": float(high), "p_value": p,
+                    "marks": "" if is_reference or not len(values) else _marks(p),
+                })
+    columns = ["epochs", "model", "row", "candidate", "is_reference", "n", "mean", "std",
+               "n_failed", "n_reference", "delta", "ci_low", "ci_high", "p_value", "marks", "best"]
+    result = pd.DataFrame(out, columns=columns[:-1])
+    result["best"] = False
+    for _, group in result[result["n"] > 0].groupby(["epochs", "row"], dropna=False):
+        if len(group) >= 2:
+            best = group["mean"].idxmax() if higher_is_better else group["mean"].idxmin()
+            result.loc[best, "best"] = True
+    return result[columns]
+
+
+def _cell(entry: pd.Series, digits: int) -> str:
+    if entry["n"] == 0:
+        return MISSING + (f" ({entry['n_failed']} failed)" if entry["n_failed"] else "")
+    spread = "" if math.isnan(entry["std"]) else f" ± {entry['std']:.{digits}f}"
+    text = f"{entry['mean']:.{digits}f}{spread} ({entry['n']}){entry['marks']}"
+    return text + (f" {BEST}" if entry["best"] else "")
+
+
+def _delta_cell(entry: pd.Series, digits: int) -> str:
+    if entry["is_reference"]:
+        return "reference"
+    if entry["n"] == 0:
+        return MISSING
+    if math.isnan(entry["delta"]):
+        return f"{MISSING} (no baseline)"
+    text = _signed(entry["delta"], digits)
+    if math.isnan(entry["ci_low"]):
+        return text + f" (n={entry['n']}){NOT_TESTABLE}"
+    low, high = _signed(entry["ci_low"], digits), _signed(entry["ci_high"], digits)
+    return text + f" [{low}, {high}]{entry['marks']}"
+
+
+def _signed(value: float, digits: int) -> str:
+    """`+0.30`, `-1.20`, and `+0.00` rather than `-0.00`."""
+    return f"{round(value, digits) + 0.0:+.{digits}f}"
+
+
+def _pivot(table: pd.DataFrame, cells: pd.Series) -> pd.DataFrame:
+    """Rows × candidates; cells of the cross product with no trial at all are `MISSING`."""
+    table = table.assign(text=cells)
+    wide = table.pivot(index="row", columns="candidate", values="text")
+    at_baseline = table["row"].str.endswith("baseline")
+    columns = {True: set(table.loc[at_baseline, "candidate"]),
+               False: set(table.loc[~at_baseline, "candidate"])}
+    for row in wide.index:
+        for column in wide.columns:
+            if pd.isna(wide.loc[row, column]):
+                expected = column in columns[row.endswith("baseline")]
+                wide.loc[row, column] = MISSING if expected else ""
+    wide = wide.loc[sorted(wide.index, key=_row_key), sorted(wide.columns, key=_sort_key)]
+    wide.index.name, wide.columns.name = "position", None
+    return wide
+
+
+def paper_tables(frame: pd.DataFrame, metric: str = "test_acc", *, digits: int = 2,
+                 higher_is_better: bool = True) -> dict[int | None, pd.DataFrame]:
+    """One position × candidate table of "mean ± std (n)" text per epoch budget."""
+    long = summary(frame, metric, higher_is_better=higher_is_better)
+    return {epochs: _pivot(group, group.apply(_cell, axis=1, digits=digits))
+            for epochs, group in _by_epochs(long)}
+
+
+def delta_tables(frame: pd.DataFrame, metric: str = "test_acc", *,
+                 digits: int = 2) -> dict[int | None, pd.DataFrame]:
+    """Per epoch budget: mean minus the baseline mean, with Welch's 95 % interval."""
+    long = summary(frame, metric)
+    return {epochs: _pivot(group, group.apply(_delta_cell, axis=1, digits=digits))
+            for epochs, group in _by_epochs(long)}
+
+
+def _by_epochs(long: pd.DataFrame):
+    for epochs in sorted(long["epochs"].dropna().unique()):
+        yield int(epochs), long[long["epochs"] == epochs]
+    if long["epochs"].isna().any():
+        yield None, long[long["epochs"].isna()]
+
+
+COMPLEXITY_COLUMNS = ["params", "macs", "op_params_count", "op_macs", "latency_ms_b1",
+                      "measured_sparsity", "dense_bytes", "csr_bytes"]
+
+
+def complexity_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per (row, candidate): the median of params, MACs, latency, sparsity and storage bytes."""
+    data = labelled(frame)
+    data = data[data["status"] == "ok"]
+    columns = [c for c in COMPLEXITY_COLUMNS if c in data]
+    table = (data.groupby(["row", "candidate"])[columns]
+             .agg(lambda s: s.dropna().median() if s.notna().any() else math.nan))
+    order = sorted(table.index, key=lambda rc: (_row_key(rc[0]), _sort_key(rc[1])))
+    return table.loc[order].reset_index().rename(columns={"row": "position"})
+
+
+def _si(value: float, unit: str) -> str:
+    """`1234567` → `1.23 M` + unit."""
+    for prefix in ["", "k", "M", "G"]:
+        if abs(value) < 1000 or prefix == "G":
+            return f"{value:.3g} {prefix}{unit}"
+        value /= 1000
+    return ""
+
+
+def format_complexity(table: pd.DataFrame) -> pd.DataFrame:
+    """Readable text for `complexity_table`: thousands separators, M MACs, ms, %, bytes."""
+    formats = {
+        "params": lambda v: f"{int(v):,}", "op_params_count": lambda v: f"{int(v):,}",
+        "macs": lambda v: _si(v, "MACs"), "op_macs": lambda v: _si(v, "MACs"),
+        "latency_ms_b1": lambda v: f"{v:.2f} ms", "measured_sparsity": lambda v: f"{100 * v:.1f} %",
+        "dense_bytes": lambda v: _si(v, "B"), "csr_bytes": lambda v: _si(v, "B"),
+    }
+    out = table.copy().astype(object)
+    for column, fmt in formats.items():
+        if column in out:
+            out[column] = [MISSING if pd.isna(v) else fmt(v) for v in table[column]]
+    return out
+
+
+# Seed 000 §4 scored methods by hand; these are measured. (measure, criterion, higher is better)
+CRITERIA = [
+    ("params", "complexity", False), ("macs", "complexity", False),
+    ("test_acc", "generalisation", True), ("test/train ratio", "generalisation", True),
+    ("acc at data fraction", "data requirement", True),
+    ("latency_ms_b1", "efficiency", False), ("storage bytes", "efficiency", False),
+]
+
+
+def method_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Methods × measured criteria: raw means and scores in [0, 1] (1 = best shown)."""
+    data = frame[frame["status"] == "ok"].copy()
+    if data.empty:
+        return pd.DataFrame(columns=["method", "measure", "criterion", "value", "score"])
+    traditional = data["kind"].fillna("train") == "traditional"
+    data["method"] = [("traditional" if t else f"{r['model']} · {candidate_label(r, with_data_fraction=False)}"
+                       .replace(" · baseline", "")) for t, (_, r) in zip(traditional, data.iterrows())]
+    data["test/train ratio"] = (data["test_acc"] / data["train_acc"]).clip(upper=1.0)
+    data["storage bytes"] = data["csr_bytes"].astype(float).fillna(data["dense_bytes"].astype(float))
+    fraction = data["data_fraction"].fillna(1.0)
+    full, partial = data[fraction >= 1], data[fraction < 1]
+    rows = []
+    for method in sorted(data["method"].unique(), key=lambda m: (m == "traditional", m)):
+        mine = full[full["method"] == method]
+        values = {m: pd.to_numeric(mine[m], errors="coerce").astype("float64").mean()
+                  for m, _, _ in CRITERIA if m in mine}
+        smallest = partial[partial["method"] == method]
+        if not smallest.empty:
+            smallest = smallest[smallest["data_fraction"] == smallest["data_fraction"].min()]
+        values["acc at data fraction"] = smallest["test_acc"].mean() if len(smallest) else math.nan
+        for measure, criterion, _ in CRITERIA:
+            rows.append({"method": method, "measure": measure, "criterion": criterion,
+                         "value": float(values.get(measure, math.nan))})
+    table = pd.DataFrame(rows)
+    for measure, _, higher in CRITERIA:
+        where = table["measure"] == measure
+        values = table.loc[where, "value"].where(lambda v: v > 0)
+        best = values.max() if higher else values.min()
+        table.loc[where, "score"] = values / best if higher else best / values
+    return table
+
+
+def _grid(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    index_name = table.index.name or ""
+    keep_index = not isinstance(table.index, pd.RangeIndex)
+    header = ([index_name] if keep_index else []) + [str(c) for c in table.columns]
+    body = [([str(i)] if keep_index else []) +
+            [MISSING if v is None or (isinstance(v, float) and np.isnan(v)) else
+             (f"{v:.4g}" if isinstance(v, float) else str(v)) for v in row]
+            for i, row in zip(table.index, table.itertuples(index=False))]
+    return header, body
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    """A GitHub-flavoured Markdown table (pipes in cells escaped)."""
+    header, body = _grid(table)
+    escape = lambda s: s.replace("|", "\\|")  # noqa: E731
+    lines = ["| " + " | ".join(map(escape, header)) + " |",
+             "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(map(escape, row)) + " |" for row in body]
+    return "\n".join(lines)
+
+
+def to_html(table: pd.DataFrame, *, caption: str | None = None) -> str:
+    """An HTML table; best cells get class "best", missing ones class "missing"."""
+    header, body = _grid(table)
+    cls = lambda s: ' class="best"' if BEST in s else ' class="missing"' if s.startswith(MISSING) else ""  # noqa: E731
+    parts = ['<table class="results">']
+    if caption:
+        parts.append(f"<caption>{html.escape(caption)}</caption>")
+    parts.append("<thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header)
+                 + "</tr></thead><tbody>")
+    for row in body:
+        cells = [f"<th>{html.escape(row[0])}</th>"] + [f"<td{cls(c)}>{html.escape(c)}</td>" for c in row[1:]]
+        parts.append("<tr>" + "".join(cells) + "</tr>")
+    parts.append("</tbody></table>")
+    return "\n".join(parts)

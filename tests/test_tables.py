@@ -1,0 +1,124 @@
+"""Paper tables from hand-built records: means, stds, n, Welch's t-test, best marks, Δ."""
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from opswap.analysis import tables
+from opswap.analysis.results import load_results
+from record_factory import BASELINE, CELLS, make_record, paper_records, write_records
+
+
+@pytest.fixture
+def frame(tmp_path):
+    records = paper_records(epochs=3) + paper_records(epochs=6)[:5]
+    records.append(make_record(test_acc=None, op="resnet_e2", position=1, status="failed"))
+    return load_results(write_records(tmp_path / "demo", records))
+
+
+def welch_p(a, b):
+    """Welch's two-sided p-value computed from its formula."""
+    a, b = np.asarray(a), np.asarray(b)
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    t = (a.mean() - b.mean()) / math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    return 2 * stats.t.sf(abs(t), df)
+
+
+@pytest.mark.parametrize("position, op", list(CELLS))
+def test_summary_means_stds_and_counts_match_hand_computation(frame, position, op):
+    long = tables.summary(frame)
+    entry = long[(long.epochs == 3) & (long.row == str(position)) & (long.candidate == op)].iloc[0]
+    values = CELLS[(position, op)]
+    assert entry.n == len(values)
+    assert entry["mean"] == pytest.approx(np.mean(values))
+    assert entry.delta == pytest.approx(np.mean(values) - np.mean(BASELINE))
+    if len(values) > 1:
+        assert entry["std"] == pytest.approx(np.std(values, ddof=1))
+        assert entry.p_value == pytest.approx(welch_p(values, BASELINE))
+    else:
+        assert math.isnan(entry["std"]) and math.isnan(entry.p_value)
+
+
+def test_paper_table_cells_marks_and_layout(frame):
+    table = tables.paper_tables(frame)[3]
+    assert list(table.index) == ["baseline", "1", "3"]
+    assert list(table.columns) == ["baseline", "mbconv_e6_k3", "conv_bn_e2", "resnet_e2"]
+    assert table.loc["baseline", "baseline"] == "96.20 ± 0.20 (3)"
+    assert table.loc["1", "mbconv_e6_k3"] == "93.00 ± 1.00 (3)*"         # p = 0.027
+    assert table.loc["1", "conv_bn_e2"] == "95.00 ± 0.50 (3)* ▲"         # best at position 1
+    assert table.loc["3", "mbconv_e6_k3"] == "96.20 ± 0.14 (2)"          # p = 1: no mark
+    assert table.loc["3", "conv_bn_e2"] == "96.50 (1)° ▲"                # n = 1: not testable
+    assert table.loc["1", "resnet_e2"] == "— (1 failed)"
+    assert table.loc["3", "resnet_e2"] == "—"
+    assert table.loc["1", "baseline"] == "" and table.loc["baseline", "conv_bn_e2"] == ""
+
+
+def test_one_table_per_epoch_budget_with_missing_cells(frame):
+    paper = tables.paper_tables(frame)
+    assert sorted(paper) == [3, 6]
+    assert paper[6].loc["1", "mbconv_e6_k3"] == "92.50 ± 0.71 (2)"
+    assert "3" not in paper[6].index
+
+
+@pytest.mark.parametrize("accs, marks", [([90.0, 90.1, 89.9], "***"), ([95.0, 95.3, 95.1], "**"),
+                                         ([96.2, 96.0, 96.4], ""), ([97.0], "°")])
+def test_significance_marks_follow_welch_p(tmp_path, accs, marks):
+    records = [make_record(test_acc=a, seed=s) for s, a in enumerate(BASELINE)]
+    records += [make_record(test_acc=a, op="conv_bn_e1", position=2, seed=s)
+                for s, a in enumerate(accs)]
+    table = tables.paper_tables(load_results(write_records(tmp_path / "s", records)))[3]
+    cell = table.loc["2", "conv_bn_e1"]
+    assert cell.split(")")[1].strip() == marks
+
+
+def test_delta_table_gives_difference_and_welch_interval(frame):
+    delta = tables.delta_tables(frame)[3]
+    test = stats.ttest_ind(CELLS[(1, "mbconv_e6_k3")], BASELINE, equal_var=False)
+    low, high = test.confidence_interval(0.95)
+    assert delta.loc["1", "mbconv_e6_k3"] == f"-3.20 [{low:+.2f}, {high:+.2f}]*"
+    assert delta.loc["3", "mbconv_e6_k3"].startswith("+0.00 [")
+    assert delta.loc["3", "conv_bn_e2"] == "+0.30 (n=1)°"
+    assert delta.loc["baseline", "baseline"] == "reference"
+
+
+def test_sparse_variants_are_separate_candidates_compared_with_the_dense_baseline(tmp_path):
+    records = [make_record(test_acc=a, seed=s, model="tf-cnn") for s, a in enumerate([70, 71])]
+    records += [make_record(test_acc=a, seed=s, model="tf-cnn", sparsity=0.9, prune="dsr",
+                            csr_bytes=80_000) for s, a in enumerate([75, 77])]
+    frame = load_results(write_records(tmp_path / "p", records))
+    table = tables.paper_tables(frame)[3]
+    assert list(table.columns) == ["baseline", "baseline · dsr 0.9"]
+    assert table.loc["baseline", "baseline · dsr 0.9"].startswith("76.00 ± 1.41 (2)")
+    assert table.loc["baseline", "baseline · dsr 0.9"].endswith("▲")
+    complexity = tables.complexity_table(frame).set_index("candidate")
+    assert complexity.loc["baseline · dsr 0.9", "csr_bytes"] == 80_000
+    assert tables.format_complexity(tables.complexity_table(frame))["csr_bytes"].tolist() == ["—", "80 kB"]
+
+
+def test_method_table_scores_are_relative_to_the_best(tmp_path):
+    records = [make_record(test_acc=70.0, train_acc=80.0, model="tf-cnn", params=100_000,
+                           latency_ms_b1=2.0)]
+    records.append(make_record(test_acc=40.0, train_acc=50.0, kind="traditional", model="hog",
+                               params=4_000, latency_ms_b1=1.0, macs=None))
+    records.append(make_record(test_acc=50.0, model="tf-cnn", data_fraction=0.1, seed=1))
+    scores = tables.method_table(load_results(write_records(tmp_path / "m", records)))
+    score = scores.set_index(["method", "measure"])["score"]
+    assert score["tf-cnn", "test_acc"] == 1.0 and score["traditional", "test_acc"] == pytest.approx(40 / 70)
+    assert score["traditional", "params"] == 1.0 and score["tf-cnn", "params"] == pytest.approx(0.04)
+    assert score["tf-cnn", "latency_ms_b1"] == pytest.approx(0.5)
+    assert score["tf-cnn", "acc at data fraction"] == 1.0
+    assert math.isnan(score["traditional", "acc at data fraction"])
+    assert math.isnan(score["traditional", "macs"])
+
+
+def test_markdown_and_html_rendering(frame):
+    table = tables.paper_tables(frame)[3]
+    markdown = tables.to_markdown(table)
+    assert markdown.splitlines()[0] == "| position | baseline | mbconv_e6_k3 | conv_bn_e2 | resnet_e2 |"
+    assert "| 1 |  | 93.00 ± 1.00 (3)* | 95.00 ± 0.50 (3)* ▲ | — (1 failed) |" in markdown
+    html = tables.to_html(table, caption="25 <epochs>")
+    assert '<td class="best">95.00 ± 0.50 (3)* ▲</td>' in html
+    assert '<td class="missing">— (1 failed)</td>' in html
+    assert "25 &lt;epochs&gt;" in html
