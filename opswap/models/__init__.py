@@ -1,0 +1,67 @@
+"""Model builders: `build_model("wrn-40-2")`, `build_model("tf-cnn")`; WRNs are also timm models."""
+from __future__ import annotations
+
+import re
+
+from torch import nn
+
+from opswap.models.tfcnn import TFCNN
+from opswap.models.wrn import PositionSpec, WideResNet, WRNBlock
+
+__all__ = ["build_model", "list_models", "WideResNet", "WRNBlock", "TFCNN", "PositionSpec"]
+
+_WRN = re.compile(r"^wrn[-_](\d+)[-_](\d+)$")
+# Names shown in listings and registered with timm; any valid wrn-<6n+4>-<k> builds.
+_LISTED_WRN = [(10, 1), (16, 1), (16, 2), (16, 4), (16, 8), (22, 2), (28, 2), (28, 10), (40, 1), (40, 2), (40, 4)]
+
+
+def list_models() -> list[str]:
+    """Model names with a fixed listing (any `wrn-<6n+4>-<k>` is accepted too)."""
+    return [f"wrn-{d}-{k}" for d, k in _LISTED_WRN] + ["tf-cnn"]
+
+
+def build_model(name: str, num_classes: int = 10, **kwargs) -> nn.Module:
+    """Build a model by name: `wrn-<depth>-<widen>` (depth = 6n+4) or `tf-cnn`."""
+    key = name.strip().lower()
+    if key in ("tf-cnn", "tf_cnn", "tfcnn"):
+        return TFCNN(num_classes, **kwargs)
+    m = _WRN.match(key)
+    if m:
+        depth, widen = int(m.group(1)), int(m.group(2))
+        if depth < 10 or (depth - 4) % 6 or widen < 1:
+            raise ValueError(
+                f"unknown model {name!r}: a WRN needs depth = 6n+4 (10, 16, 22, 28, 40, ...) and "
+                f"widen >= 1, e.g. 'wrn-40-2'")
+        return WideResNet(depth, widen, num_classes, **kwargs)
+    raise ValueError(
+        f"unknown model {name!r}: valid names are 'wrn-<depth>-<widen>' with depth = 6n+4 "
+        f"(e.g. {', '.join(repr(n) for n in list_models()[:4])}, ...) and 'tf-cnn'")
+
+
+def _register_with_timm() -> None:
+    """Register wrn_<d>_<k> builders with timm, so `timm.create_model("wrn_40_2")` works."""
+    try:
+        from timm.models import register_model
+        from timm.models._registry import _model_entrypoints
+    except ImportError:  # timm is a dependency, but the models must not need it
+        return
+
+    def make(depth: int, widen: int):
+        def builder(pretrained: bool = False, num_classes: int = 10, **kwargs) -> WideResNet:
+            if pretrained:
+                raise ValueError("opswap WRNs have no pretrained weights")
+            kwargs.pop("pretrained_cfg", None), kwargs.pop("pretrained_cfg_overlay", None)
+            kwargs.pop("cache_dir", None)
+            return WideResNet(depth, widen, num_classes, **kwargs)
+
+        builder.__name__ = f"wrn_{depth}_{widen}"
+        builder.__module__ = __name__
+        builder.__doc__ = f"WRN-{depth}-{widen} (opswap, pre-activation, CIFAR 32x32)."
+        return builder
+
+    for depth, widen in _LISTED_WRN:
+        if f"wrn_{depth}_{widen}" not in _model_entrypoints:
+            register_model(make(depth, widen))
+
+
+_register_with_timm()

@@ -1,0 +1,18 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-mini.npz"
+MINI = Path(os.environ.get("OPSWAP_CIFAR10_MINI", MINI))
+
+
+@pytest.fixture(scope="session")
+def cifar10_mini() -> Path:
+    """Path of the real CIFAR-10 subset beside the project; skips when it is absent."""
+    if not MINI.is_file():
+        pytest.skip(f"cifar10-mini.npz not found at {MINI}")
+    return MINI
