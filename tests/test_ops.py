@@ -9,13 +9,14 @@ from opswap.ops import OpError, create_op, list_ops, parse_op, register_op
 from opswap.substitution import count_params, valid_ops
 
 WRN_40_2 = opswap.build_model("wrn-40-2")
+WRN_40_2_POSITIONS = opswap.positions(WRN_40_2)
 SMALL = opswap.build_model("wrn-10-1")  # positions 1 (16→16), 2 (16→32, s2), 3 (32→64, s2)
 
 
 @pytest.mark.parametrize("position", sorted(WRN_40_2_CANDIDATE_PARAMS))
 @pytest.mark.parametrize("i,op", list(enumerate(CANDIDATES)))
 def test_golden_parameter_counts(position, i, op):
-    p = opswap.positions(WRN_40_2)[position - 1]
+    p = WRN_40_2_POSITIONS[position - 1]
     expected = WRN_40_2_CANDIDATE_PARAMS[position][i]
     if expected is None:
         assert op not in valid_ops(WRN_40_2, position)
