@@ -2,12 +2,13 @@
 
 Each subcommand lives with the code it drives: the module named below defines
 `add_<name>_arguments(parser)` and `<name>_main(args) -> int`. Only the chosen subcommand's
-module is imported, so `opswap --help` stays fast.
+module is imported, so `opswap --help` stays fast. Set OPSWAP_DEBUG=1 for full tracebacks.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # name: (module, one-line help)
@@ -32,7 +33,14 @@ def _overview() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return _main(list(sys.argv[1:] if argv is None else argv))
+    except BrokenPipeError:  # `opswap ... | head`: the reader left, nothing is wrong
+        sys.stderr.close()
+        return 0
+
+
+def _main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_overview())
         return 0
@@ -61,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         print("\ninterrupted", file=sys.stderr)
         return 130
     except (ValueError, FileNotFoundError, KeyError) as err:
+        if os.environ.get("OPSWAP_DEBUG"):
+            raise
         # Errors at the edge are for people: one clear line, no traceback.
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"opswap {name}: error: {msg}", file=sys.stderr)
