@@ -1,0 +1,181 @@
+"""Figures of a study (seaborn on matplotlib `Figure` objects, no pyplot state, Agg-rendered).
+
+The accuracy heatmap (the seeds' tables as colour), learning curves (figures 2–5 of the
+dynamic-pruning paper, seeds/dynamic-pruning-cnn), predictor scatter plots for the
+predictability question, the method-comparison grouped bars of its figure 6 — on measured,
+normalised criteria (see `tables.method_table`: 1 = best among the methods shown, higher is
+better for every bar) — and accuracy against sparsity for pruned variants.
+"""
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure
+
+from opswap.analysis.predict import NUMERIC_PREDICTORS, points, predictability
+from opswap.analysis.tables import labelled, method_table, summary
+
+CURVES = [("train_acc", "train accuracy (%)"), ("test_acc", "test accuracy (%)"),
+          ("train_loss", "train loss"), ("test_loss", "test loss")]
+
+
+def _empty(message: str) -> Figure:
+    figure = Figure(figsize=(5, 2))
+    figure.text(0.5, 0.5, message, ha="center", va="center")
+    return figure
+
+
+def accuracy_heatmap(frame: pd.DataFrame, metric: str = "test_acc") -> Figure:
+    """Position × candidate per epoch budget: colour = Δ vs baseline, text = mean (n)."""
+    long = summary(frame, metric)
+    long = long[~long["is_reference"] & ~long["row"].str.endswith("baseline")]
+    if long.empty or long["n"].sum() == 0:
+        return _empty("no finished swapped trials")
+    budgets = sorted(long["epochs"].dropna().unique())
+    widest = long.groupby("epochs")["candidate"].nunique().max()
+    figure = Figure(figsize=(1.3 + (1.4 * widest + 1.5) * len(budgets),
+                             1.2 + 0.55 * long["row"].nunique()), layout="constrained")
+    axes = np.atleast_1d(figure.subplots(1, len(budgets), squeeze=False)[0])
+    has_delta = long["delta"].notna().any()
+    limit = max(float(np.nanmax(np.abs(long["delta"]))) if has_delta else 0.0, 1e-9)
+    for ax, epochs in zip(axes, budgets):
+        part = long[long["epochs"] == epochs]
+        rows = sorted(part["row"].unique(), key=lambda r: (not r.isdigit(), int(r) if r.isdigit() else r))
+        columns = list(dict.fromkeys(part.sort_values("candidate")["candidate"]))
+        value = part.pivot(index="row", columns="candidate", values="delta" if has_delta else "mean")
+        text = part.assign(t=[("—" if n == 0 else f"{m:.1f}\n({n})")
+                              for m, n in zip(part["mean"], part["n"])])
+        text = text.pivot(index="row", columns="candidate", values="t").reindex(index=rows, columns=columns)
+        value = value.reindex(index=rows, columns=columns).astype(float)
+        sns.heatmap(value, ax=ax, annot=text.fillna(""), fmt="", cmap="RdBu" if has_delta else "viridis",
+                    center=0 if has_delta else None, vmin=-limit if has_delta else None,
+                    vmax=limit if has_delta else None, linewidths=0.5, linecolor="white",
+                    cbar_kws={"label": f"Δ {metric} vs baseline" if has_delta else metric},
+                    annot_kws={"fontsize": 8})
+        ax.set_facecolor("#dddddd")  # missing cells show as grey
+        ax.set(title=f"{int(epochs)} epochs", xlabel="candidate", ylabel="position")
+        ax.tick_params(axis="x", labelrotation=35)
+    return figure
+
+
+def learning_curves(history: pd.DataFrame, *, title: str | None = None) -> Figure:
+    """Train/test accuracy and loss per epoch; mean over seeds with a ±1 sd band."""
+    if history.empty:
+        return _empty("no history yet")
+    history = labelled(history.assign(status="ok"))
+    history["series"] = [c if r == "baseline" else f"p{r} {c}"
+                         for r, c in zip(history["row"], history["candidate"])]
+    if history["epochs"].nunique() > 1:
+        history["series"] += " (" + history["epochs"].astype(str) + " ep)"
+    figure = Figure(figsize=(10, 6.5), layout="constrained")
+    axes = figure.subplots(2, 2).ravel()
+    order = sorted(history["series"].unique(), key=lambda s: (s != "baseline", s))
+    for ax, (column, label) in zip(axes, CURVES):
+        data = history[history[column].notna()]
+        if data.empty:
+            ax.text(0.5, 0.5, f"no {label}", ha="center", va="center", transform=ax.transAxes)
+            continue
+        sns.lineplot(data=data, x="epoch", y=column, hue="series", hue_order=order,
+                     errorbar="sd", marker="o", markersize=3, ax=ax, legend=ax is axes[0])
+        ax.set(xlabel="epoch", ylabel=label)
+    if axes[0].get_legend() is not None:
+        sns.move_legend(axes[0], "lower right", fontsize=7, title=None)
+    if title:
+        figure.suptitle(title)
+    return figure
+
+
+def predictor_scatter(frame: pd.DataFrame, target: str = "test_acc", *,
+                      level: str = "cell") -> Figure:
+    """Target against each available predictor, coloured by op family, ρ and p in the title."""
+    data = points(frame, target, level=level)
+    predictors = [p for p in NUMERIC_PREDICTORS if p in data and data[p].notna().sum() >= 2
+                  and data[p].nunique() > 1]
+    if data.empty or not predictors:
+        return _empty("no predictor varies yet")
+    table = predictability(frame, target, level=level, n_boot=0)
+    columns = min(3, len(predictors))
+    rows = math.ceil(len(predictors) / columns)
+    figure = Figure(figsize=(4.2 * columns, 3.4 * rows), layout="constrained")
+    axes = np.atleast_1d(figure.subplots(rows, columns, squeeze=False)).ravel()
+    data = data.assign(epochs=data["epochs"].astype(str) + " ep")
+    for ax, predictor in zip(axes, predictors):
+        sns.scatterplot(data=data, x=predictor, y=target, hue="op_family", style="epochs",
+                        ax=ax, legend=ax is axes[0], s=40)
+        rho = table[(table["predictor"] == predictor) & (table["method"] == "spearman")]
+        parts = [f"{r.epochs} ep: ρ={r.statistic:.2f} (p={r.p_value:.2g}, n={r.n})"
+                 for r in rho.itertuples()
+                 if not math.isnan(r.statistic)]
+        ax.set_title("; ".join(parts) or "ρ: n/a", fontsize=8)
+        low, high = data[predictor].min(), data[predictor].max()
+        if predictor in ("params", "macs", "op_params_count", "op_macs") and low > 0 \
+                and high / low > 20:
+            ax.set_xscale("log")
+    for ax in axes[len(predictors):]:
+        ax.set_visible(False)
+    if axes[0].get_legend() is not None:
+        sns.move_legend(axes[0], "best", fontsize=7)
+    return figure
+
+
+def method_comparison(frame: pd.DataFrame) -> Figure:
+    """Grouped bars per measured criterion: one bar per method, score 1 = best shown."""
+    table = method_table(frame)
+    if table.empty or table["method"].nunique() < 1:
+        return _empty("no finished trials")
+    table = table.assign(measure=table["criterion"] + "\n" + table["measure"])
+    figure = Figure(figsize=(max(8, 1.3 * table["measure"].nunique()), 4.5), layout="constrained")
+    ax = figure.subplots()
+    sns.barplot(data=table, x="measure", y="score", hue="method", ax=ax)
+    missing = table[table["score"].isna()].groupby("measure", sort=False)["method"].agg(list)
+    methods = table["method"].nunique()
+    notes = [f"{m.split(chr(10))[1]}: " + ("all" if len(v) == methods else ", ".join(v))
+             for m, v in missing.items()]
+    if notes:
+        figure.supxlabel("not measured — " + "; ".join(notes), fontsize=7, color="#555555")
+    ax.set(ylim=(0, 1.05), xlabel="", ylabel="score (1 = best shown; higher is better)")
+    ax.tick_params(axis="x", labelsize=8)
+    sns.move_legend(ax, "upper left", bbox_to_anchor=(1, 1), fontsize=8)
+    return figure
+
+
+def accuracy_vs_sparsity(frame: pd.DataFrame, metric: str = "test_acc") -> Figure:
+    """Accuracy against target sparsity per pruning method; the dense mean as a dashed line."""
+    data = labelled(frame)
+    data = data[(data["status"] == "ok") & data[metric].notna()].copy()
+    data["sparsity"] = data["sparsity"].fillna(0.0).astype(float)
+    sparse = data[(data["sparsity"] > 0) & (data["prune"].fillna("none") != "none")]
+    if sparse.empty:
+        return _empty("no pruned variants")
+    sparse = sparse.assign(op=sparse["op"].fillna("baseline"))
+    figure = Figure(figsize=(6.5, 4.2), layout="constrained")
+    ax = figure.subplots()
+    sns.lineplot(data=sparse, x="sparsity", y=metric, hue="prune", style="op", marker="o",
+                 errorbar="sd", ax=ax)
+    dense = data[(data["sparsity"] == 0) & data["model"].isin(sparse["model"])
+                 & data["op"].fillna("baseline").isin(sparse["op"])]
+    for i, (op, group) in enumerate(dense.groupby(dense["op"].fillna("baseline"))):
+        ax.axhline(group[metric].mean(), ls="--", lw=1, color=f"C{7 + i % 3}",
+                   label=f"dense {op} (n={len(group)})")
+    ax.legend(fontsize=8)
+    ax.set(xlabel="target sparsity", ylabel=metric.replace("_", " "))
+    return figure
+
+
+def png_bytes(figure: Figure, dpi: int = 110) -> bytes:
+    """The figure as PNG bytes."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi)
+    return buffer.getvalue()
+
+
+def save_png(figure: Figure, path: str | Path, dpi: int = 110) -> Path:
+    """Write the figure as a PNG file."""
+    path = Path(path)
+    path.write_bytes(png_bytes(figure, dpi))
+    return path
