@@ -1,0 +1,206 @@
+"""The one train(): configuration, schedules, determinism, divergence, checkpoints, evaluation."""
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from opswap.data import load_dataset, synthetic
+from opswap.training import (TrainConfig, evaluate, load_checkpoint, load_weights, lr_factor,
+                             measure_latency, save_weights, train)
+
+TIMING = ("seconds", "images_per_s")
+
+
+def tiny(num_classes: int = 10, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                         nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, num_classes))
+
+
+def untimed(history):
+    return [{k: v for k, v in row.items() if k not in TIMING} for row in history]
+
+
+@pytest.fixture(scope="module")
+def data():
+    return synthetic(256, 64, seed=1)
+
+
+@pytest.mark.parametrize("kwargs, word", [
+    ({"optimizer": "rmsprop"}, "optimizer"), ({"schedule": "linear"}, "schedule"),
+    ({"epochs": 0}, "epochs"), ({"lr": -1.0}, "lr"), ({"normalize": "minmax"}, "normalize"),
+    ({"kd_weight": 2.0}, "kd_weight"), ({"warmup_epochs": 20, "epochs": 10}, "warmup_epochs"),
+])
+def test_config_rejects_bad_values_by_name(kwargs, word):
+    with pytest.raises(ValueError, match=word):
+        TrainConfig(**kwargs)
+
+
+def test_config_defaults_follow_the_optimizer():
+    sgd, adam = TrainConfig(), TrainConfig(optimizer="adam")
+    assert (sgd.lr, sgd.weight_decay, sgd.schedule) == (0.1, 5e-4, "cosine")
+    assert (adam.lr, adam.weight_decay, adam.schedule) == (1e-3, 0.0, "constant")
+
+
+@pytest.mark.parametrize("schedule, step, expected", [
+    ("cosine", 0, 1.0), ("cosine", 50, 0.5), ("cosine", 100, 0.0), ("constant", 77, 1.0),
+    ("step", 29, 1.0), ("step", 30, 0.2), ("step", 85, 0.2 ** 3), ("onecycle", 0, 0.04 + 0.96 / 30),
+    ("onecycle", 29, 1.0), ("onecycle", 65, 0.5),
+])
+def test_lr_schedules(schedule, step, expected):
+    config = TrainConfig(epochs=10, schedule=schedule)
+    assert lr_factor(config, step, 100, 10) == pytest.approx(expected)
+
+
+def test_warmup_is_linear_then_cosine():
+    config = TrainConfig(epochs=10, warmup_epochs=2)
+    assert [lr_factor(config, s, 100, 10) for s in (0, 9, 19)] == pytest.approx([0.05, 0.5, 1.0])
+    assert lr_factor(config, 60, 100, 10) == pytest.approx(0.5)
+
+
+def test_same_seed_on_cpu_gives_identical_history(data):
+    config = TrainConfig(epochs=1, batch_size=32, seed=7)
+    a, b = train(tiny(), data, config), train(tiny(), data, config)
+    c = train(tiny(), data, TrainConfig(epochs=1, batch_size=32, seed=8))
+    assert a.status == "ok" and untimed(a.history) == untimed(b.history)
+    assert untimed(a.history) != untimed(c.history)
+    row = a.history[0]
+    assert set(row) == {"epoch", "train_loss", "train_acc", "test_loss", "test_acc", "val_loss",
+                        "val_acc", "lr", "seconds", "images_per_s"}
+    assert row["images_per_s"] > 0 and row["val_acc"] is None
+    assert a.metrics["test_acc"] == row["test_acc"] and len(a.metrics["per_class_acc"]) == 10
+
+
+class TurnsNaN(nn.Module):
+    """A tiny network whose output becomes NaN after `after` training forwards."""
+
+    def __init__(self, after: int):
+        super().__init__()
+        self.net, self.after, self.calls = tiny(), after, 0
+
+    def forward(self, x):
+        self.calls += self.training
+        out = self.net(x)
+        return out * float("nan") if self.training and self.calls > self.after else out
+
+
+def test_nan_loss_ends_the_run_as_diverged_keeping_history(data):
+    result = train(TurnsNaN(after=10), data, TrainConfig(epochs=3, batch_size=32))
+    assert result.status == "diverged"
+    assert "nan" in result.error and "epoch 2" in result.error
+    assert [row["epoch"] for row in result.history] == [1]  # epoch 1 had 8 steps, all finite
+
+
+class StopAfter:
+    """A pruner-protocol object that records calls and interrupts after `stop` steps."""
+
+    def __init__(self, stop=None):
+        self.stop, self.steps, self.before = stop, [], 0
+
+    def before_training(self, model, optimizer):
+        self.before += 1
+
+    def after_step(self, step):
+        self.steps.append(step)
+        if step == self.stop:
+            raise KeyboardInterrupt
+
+    def state_dict(self):
+        return {"seen": torch.tensor(len(self.steps))}
+
+    def load_state_dict(self, state):
+        self.steps = list(range(1, int(state["seen"]) + 1))
+
+
+def test_checkpoint_resume_continues_exactly(tmp_path, data):
+    config = TrainConfig(epochs=2, batch_size=64, optimizer="sgd", lr=0.05)
+    straight = tiny()
+    full = train(straight, data, config, pruner=StopAfter())
+    ckpt = tmp_path / "run.safetensors"
+    with pytest.raises(KeyboardInterrupt):  # interrupted in epoch 2; epoch 1 is checkpointed
+        train(tiny(), data, config, checkpoint=ckpt, pruner=StopAfter(stop=6))
+    state = load_checkpoint(ckpt, tiny())
+    assert state["epoch"] == 1 and state["step"] == 4 and len(state["history"]) == 1
+    pruner = StopAfter()
+    resumed_model = tiny(seed=99)
+    resumed = train(resumed_model, data, config, checkpoint=ckpt, resume=True, pruner=pruner)
+    assert pruner.before == 1 and pruner.steps == list(range(1, 9))
+    assert untimed(resumed.history) == untimed(full.history)
+    for (k, a), b in zip(straight.state_dict().items(), resumed_model.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def test_weights_round_trip_and_mismatch_error(tmp_path):
+    model = tiny(seed=3)
+    path = save_weights(model, tmp_path / "w.safetensors")
+    other = load_weights(tiny(seed=4), path)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), other.state_dict().values()))
+    with pytest.raises(ValueError, match="do not fit"):
+        load_weights(tiny(num_classes=5), path)
+
+
+class Constant(nn.Module):
+    """Predicts class `c` with a margin, else uniform."""
+
+    def __init__(self, c: int, margin: float):
+        super().__init__()
+        self.c, self.margin = c, margin
+        self.dummy = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        logits = torch.zeros(len(x), 10)
+        logits[:, self.c] = self.margin
+        return logits + 0 * self.dummy
+
+
+def test_evaluate_accuracy_loss_and_per_class(data):
+    result = evaluate(Constant(3, 0.0 + 1e-6), data, "test", batch_size=16)
+    share = (data.y_test == 3).double().mean().item()
+    assert result["acc"] == pytest.approx(100 * share)
+    assert result["loss"] == pytest.approx(math.log(10), abs=1e-5)
+    assert result["per_class_acc"] == [100.0 if c == 3 else 0.0 for c in range(10)]
+    with pytest.raises(ValueError, match="no val split"):
+        evaluate(Constant(3, 1.0), data, "val")
+
+
+def test_validation_split_is_what_epochs_watch(data):
+    from dataclasses import replace
+
+    held = replace(data, x_train=data.x_train[:200], y_train=data.y_train[:200],
+                   x_val=data.x_train[200:], y_val=data.y_train[200:])
+    result = train(tiny(), held, TrainConfig(epochs=2, batch_size=50), eval_split="val")
+    first, last = result.history
+    assert first["val_acc"] is not None and first["test_acc"] is None
+    assert last["test_acc"] is not None  # the test split is read once, at the end
+    assert result.metrics["val_acc"] == last["val_acc"]
+
+
+def test_distillation_needs_and_uses_a_teacher(data):
+    config = TrainConfig(epochs=1, batch_size=64, kd_weight=0.5)
+    with pytest.raises(ValueError, match="teacher"):
+        train(tiny(), data, config)
+    plain = train(tiny(), data, TrainConfig(epochs=1, batch_size=64))
+    taught = train(tiny(), data, config, teacher=tiny(seed=5))
+    assert taught.status == "ok" and taught.history[0]["train_loss"] != plain.history[0]["train_loss"]
+
+
+def test_latency_is_a_positive_median():
+    ms = measure_latency(tiny(), 4, warmup=1, repeats=3)
+    assert 0 < ms < 5000
+
+
+def test_tiny_cnn_learns_cifar10_mini_above_chance(cifar10_mini):
+    data = load_dataset("npz", cifar10_mini)
+    result = train(tiny(), data, TrainConfig(epochs=1, batch_size=64, optimizer="adam", lr=3e-3,
+                                             augment=False))
+    assert result.status == "ok" and result.metrics["test_acc"] > 20.0  # chance is 10 %
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_bf16_channels_last_learns(data):
+    result = train(tiny(), data, TrainConfig(epochs=2, batch_size=32, amp=True, channels_last=True),
+                   device="cuda")
+    assert result.status == "ok" and result.metrics["test_acc"] > 15.0
