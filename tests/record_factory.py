@@ -14,7 +14,7 @@ def make_record(*, test_acc: float | None, op: str = "baseline", position: int |
                 seed: int = 0, epochs: int = 3, study: str = "demo", status: str = "ok",
                 kind: str = "train", model: str = "wrn-16-1", init: str | None = None,
                 sparsity: float = 0.0, prune: str = "none", data_fraction: float = 1.0,
-                train_acc: float | None = None, **metrics) -> dict:
+                train_acc: float | None = None, method: str | None = None, **metrics) -> dict:
     """A schema-1 record; history climbs linearly to the final accuracies."""
     init = init or ("teacher" if op == "baseline" else "lana")
     settings = {
@@ -25,6 +25,8 @@ def make_record(*, test_acc: float | None, op: str = "baseline", position: int |
         "train": {"optimizer": "sgd", "lr": 0.1, "batch_size": 128},
         "distill": {"steps": 10},
     }
+    if method is not None:
+        settings["method"] = method
     trial_id = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     train_acc = train_acc if train_acc is not None else (None if test_acc is None else test_acc + 5)
     history = []

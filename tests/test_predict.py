@@ -90,3 +90,17 @@ def test_format_shows_symbols_intervals_and_p(frame):
 def test_unknown_level_is_explained(frame):
     with pytest.raises(ValueError, match="'cell' or 'trial'"):
         points(frame, level="seed")
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_vectorised_bootstrap_statistics_equal_scipy_with_ties(seed):
+    from opswap.analysis.predict import _kendall_rows, _spearman_rows
+
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 4, (30, 10)).astype(float)
+    y = rng.normal(size=(30, 10))
+    y[:, :3] = 1.0  # ties in y as well
+    expected_rho = [stats.spearmanr(a, b).statistic for a, b in zip(x, y)]
+    expected_tau = [stats.kendalltau(a, b).statistic for a, b in zip(x, y)]
+    np.testing.assert_allclose(_spearman_rows(x, y), expected_rho, equal_nan=True)
+    np.testing.assert_allclose(_kendall_rows(x, y), expected_tau, equal_nan=True)

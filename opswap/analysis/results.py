@@ -43,7 +43,7 @@ _FLOAT_COLUMNS = ["data_fraction", "sparsity", "test_acc", "test_loss", "best_te
 
 
 def _record_files(path: str | Path | Iterable[str | Path]) -> list[Path]:
-    """The JSON files under a directory (recursively), a single file, or a list of either."""
+    """The JSON files in a directory (not its subfolders, e.g. teacher/), a file, or a list."""
     if not isinstance(path, (str, Path)):
         return [f for p in path for f in _record_files(p)]
     path = Path(path)
@@ -53,7 +53,7 @@ def _record_files(path: str | Path | Iterable[str | Path]) -> list[Path]:
         raise FileNotFoundError(
             f"results path {str(path)!r} does not exist: give a results directory "
             "(results/<study>/) or a trial record (.json)")
-    return sorted(p for p in path.rglob("*.json") if not p.name.startswith("."))
+    return sorted(p for p in path.glob("*.json") if not p.name.startswith("."))
 
 
 def read_records(path: str | Path | Iterable[str | Path]) -> list[dict]:

@@ -52,13 +52,22 @@ def _row_label(position, model: str, several_models: bool) -> str:
 
 
 def labelled(frame: pd.DataFrame) -> pd.DataFrame:
-    """Network trials with `row` (position or "baseline") and `candidate` label columns."""
-    frame = frame[frame["kind"].fillna("train") != "traditional"].copy()
-    models = (frame["model"].astype(str) + " " + frame["dataset"].astype(str)).unique()
-    frame["row"] = [_row_label(p, m, len(models) > 1)
-                    for p, m in zip(frame["position"], frame["model"].astype(str))]
-    frame["candidate"] = [candidate_label(r) for _, r in frame.iterrows()]
-    frame["is_reference"] = (frame["candidate"] == "baseline") & frame["position"].isna()
+    """Trials with `row` (position, "baseline" or "methods") and `candidate` label columns.
+
+    Traditional trials are kept only in a methods study, where every trial names its method.
+    """
+    named = frame["method"].notna() if "method" in frame else pd.Series(False, frame.index)
+    keep = named | (frame["kind"].fillna("train") != "traditional")
+    frame, named = frame[keep].copy(), named[keep]
+    plain = frame[~named]
+    models = (plain["model"].astype(str) + " " + plain["dataset"].astype(str)).unique()
+    frame["row"] = ["methods" if n else _row_label(p, m, len(models) > 1)
+                    for n, p, m in zip(named, frame["position"], frame["model"].astype(str))]
+    frame["candidate"] = [
+        " · ".join([r["method"]] + ([f"{r['data_fraction']:g} data"]
+                                    if _is_set(r["data_fraction"]) and r["data_fraction"] < 1 else []))
+        if n else candidate_label(r) for n, (_, r) in zip(named, frame.iterrows())]
+    frame["is_reference"] = ~named & (frame["candidate"] == "baseline") & frame["position"].isna()
     return frame
 
 
@@ -246,8 +255,10 @@ def method_table(frame: pd.DataFrame) -> pd.DataFrame:
     if data.empty:
         return pd.DataFrame(columns=["method", "measure", "criterion", "value", "score"])
     traditional = data["kind"].fillna("train") == "traditional"
-    data["method"] = [("traditional" if t else f"{r['model']} · {candidate_label(r, with_data_fraction=False)}"
-                       .replace(" · baseline", "")) for t, (_, r) in zip(traditional, data.iterrows())]
+    named = data["method"] if "method" in data else pd.Series(None, data.index, dtype=object)
+    data["method"] = [m if _is_set(m) else "traditional" if t else
+                      f"{r['model']} · {candidate_label(r, with_data_fraction=False)}".replace(" · baseline", "")
+                      for m, t, (_, r) in zip(named, traditional, data.iterrows())]
     data["test/train ratio"] = (data["test_acc"] / data["train_acc"]).clip(upper=1.0)
     data["storage bytes"] = data["csr_bytes"].astype(float).fillna(data["dense_bytes"].astype(float))
     fraction = data["data_fraction"].fillna(1.0)
