@@ -1,0 +1,320 @@
+"""Parallel, resumable trial execution with joblib (loky processes, or a dask.distributed cluster).
+
+Each trial runs in a worker under a claim (`claims.py`), with its own log file and one device;
+its record is written atomically, failures are retried up to a limit, and a failed or diverged
+trial never stops the others. A trial whose record says ok or diverged is done and never runs
+again, so a killed run resumes where it stopped.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import socket
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from opswap.study.claims import claim_is_live, read_claim, try_claim, write_json_atomic
+from opswap.study.expand import Trial
+
+__all__ = ["DONE", "TrialOutcome", "RunSummary", "run_trials", "record_path", "read_record", "trial_state",
+           "resolve_devices"]
+
+DONE = ("ok", "diverged")
+TrialFn = Callable[..., dict]
+
+
+@dataclass(frozen=True)
+class TrialOutcome:
+    """What happened to one trial in this run."""
+
+    trial_id: str
+    status: str  # ok | diverged | failed | busy (a live runner elsewhere holds it) | done (already)
+    attempt: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """Counts of a `run_trials` call: trials run here, found done, failed, held elsewhere."""
+
+    outcomes: tuple[TrialOutcome, ...] = ()
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Context:
+    study: str
+    out_dir: str
+    trial_fn: TrialFn | None
+    retries: int
+    retry_failed: bool
+    stale_after: float
+    devices: tuple[str, ...]
+    threads: int
+    teacher: str | None
+    bank: str | None
+
+
+def record_path(out_dir: str | Path, trial_id: str) -> Path:
+    """Where a trial's record lives."""
+    return Path(out_dir) / f"{trial_id}.json"
+
+
+def read_record(out_dir: str | Path, trial_id: str) -> dict | None:
+    """A trial's record, or None when missing or unreadable."""
+    try:
+        record = json.loads(record_path(out_dir, trial_id).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and record.get("trial_id") == trial_id else None
+
+
+def trial_state(out_dir: str | Path, trial_id: str, *, retries: int = 1, stale_after: float = 120.0) -> str:
+    """`done`, `failed` (no retries left), `running` (live claim), `retry` or `pending`."""
+    record = read_record(out_dir, trial_id)
+    if record is not None and record.get("status") in DONE:
+        return "done"
+    if claim_is_live(read_claim(Path(out_dir) / "claims" / f"{trial_id}.claim"), stale_after):
+        return "running"
+    if record is not None:
+        return "failed" if int(record.get("attempt") or 1) > retries else "retry"
+    return "pending"
+
+
+def resolve_devices(devices: str | Sequence[str] = "auto") -> tuple[str, ...]:
+    """Device slots: every CUDA GPU for "auto"/"cuda" when there are any, else the CPU."""
+    if not isinstance(devices, str):
+        return tuple(devices)
+    if devices == "cpu":
+        return ("cpu",)
+    import torch
+
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if devices == "cuda" and n == 0:
+        raise ValueError('devices = "cuda" but no CUDA GPU is visible; use "auto" or "cpu"')
+    return tuple(f"cuda:{i}" for i in range(n)) or ("cpu",)
+
+
+@contextlib.contextmanager
+def _device_slot(out_dir: Path, devices: tuple[str, ...]) -> Iterator[str]:
+    """Hold one device for this trial (a lock per host and device; released if the process dies)."""
+    if all(d == "cpu" for d in devices):
+        yield "cpu"
+        return
+    lock_dir = out_dir / "claims"
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    host = socket.gethostname()
+    while True:
+        for device in devices:
+            f = open(lock_dir / f"device-{host}-{device.replace(':', '')}.lock", "a")
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.close()
+                continue
+            try:
+                yield device
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+                f.close()
+            return
+        time.sleep(0.2)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _failed_record(trial: Trial, study: str, error: str, started: str, seconds: float) -> dict:
+    import platform
+
+    return {"schema": 1, "trial_id": trial.trial_id, "study": study, "status": "failed", "error": error,
+            "attempt": 1, "settings": trial.settings, "history": [], "metrics": {},
+            "env": {"python": platform.python_version(), "hostname": socket.gethostname()},
+            "timing": {"started": started, "finished": _now(), "seconds": seconds}}
+
+
+def _default_trial_fn() -> TrialFn:
+    from opswap.trial import run_trial
+
+    return run_trial
+
+
+def _takes_attempt(fn: TrialFn) -> bool:
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "attempt" or p.kind == p.VAR_KEYWORD for p in params)
+
+
+def _attempt(trial: Trial, ctx: _Context, attempt: int, device: str, log) -> dict:
+    """Run the trial function once; any exception becomes a failed record."""
+    out_dir = Path(ctx.out_dir)
+    fn = ctx.trial_fn or _default_trial_fn()
+    started, t0 = _now(), time.perf_counter()
+    log.write(f"[{started}] attempt {attempt} of {trial.trial_id} ({trial.label}) on {device}, "
+              f"pid {os.getpid()} on {socket.gethostname()}\n")
+    log.flush()
+    try:
+        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            kwargs = {"attempt": attempt} if _takes_attempt(fn) else {}
+            record = fn(trial.settings, trial_id=trial.trial_id, study=ctx.study, out_dir=str(out_dir),
+                        teacher=ctx.teacher, bank=ctx.bank, device=device, progress=False, **kwargs)
+        if not isinstance(record, dict):
+            raise TypeError(f"the trial function returned {type(record).__name__}, not a record dict")
+    except Exception as err:  # a failed trial never stops the study
+        tb = traceback.format_exc()
+        log.write(tb)
+        lines = [ln for ln in tb.strip().splitlines() if ln.strip()]
+        error = "\n".join(lines[-6:]) or repr(err)
+        record = _failed_record(trial, ctx.study, error, started, time.perf_counter() - t0)
+    record["attempt"] = attempt
+    write_json_atomic(record_path(out_dir, trial.trial_id), record)
+    log.write(f"[{_now()}] attempt {attempt}: {record.get('status')} in {time.perf_counter() - t0:.1f} s\n"
+              + (f"{record.get('error')}\n" if record.get("error") else ""))
+    log.flush()
+    return record
+
+
+def _execute(trial: Trial, ctx: _Context) -> TrialOutcome:
+    """Worker side: claim the trial, run it (retrying failures), release the claim."""
+    out_dir = Path(ctx.out_dir)
+    previous = read_record(out_dir, trial.trial_id)
+    if previous is not None and previous.get("status") in DONE:
+        return TrialOutcome(trial.trial_id, "done", int(previous.get("attempt") or 1))
+    claim = try_claim(out_dir / "claims", trial.trial_id, stale_after=ctx.stale_after)
+    if claim is None:
+        return TrialOutcome(trial.trial_id, "busy")
+    t0 = time.perf_counter()
+    with claim:
+        # Read again under the claim: another runner may have finished it meanwhile.
+        previous = read_record(out_dir, trial.trial_id)
+        if previous is not None and previous.get("status") in DONE:
+            return TrialOutcome(trial.trial_id, "done", int(previous.get("attempt") or 1))
+        first = int(previous.get("attempt") or 1) + 1 if previous is not None else 1
+        last = first + ctx.retries if ctx.retry_failed else ctx.retries + 1
+        if first > last:
+            return TrialOutcome(trial.trial_id, "failed", first - 1, 0.0, previous.get("error"))
+        import torch
+
+        torch.set_num_threads(ctx.threads)
+        (out_dir / "logs").mkdir(parents=True, exist_ok=True)
+        handler = None
+        with open(out_dir / "logs" / f"{trial.trial_id}.log", "a", encoding="utf-8") as log, \
+                _device_slot(out_dir, ctx.devices) as device:
+            handler = logging.StreamHandler(log)
+            logging.getLogger().addHandler(handler)
+            try:
+                for attempt in range(first, last + 1):
+                    record = _attempt(trial, ctx, attempt, device, log)
+                    if record.get("status") != "failed":
+                        break
+            finally:
+                logging.getLogger().removeHandler(handler)
+    return TrialOutcome(trial.trial_id, str(record.get("status")), attempt, time.perf_counter() - t0,
+                        record.get("error"))
+
+
+def _workers(workers: int | str, devices: tuple[str, ...]) -> int:
+    if workers != "auto":
+        return int(workers)
+    if any(d != "cpu" for d in devices):
+        return len(devices)
+    return max(1, (os.cpu_count() or 1) // 4)
+
+
+@contextlib.contextmanager
+def _backend(backend: str, address: str | None, workers: int) -> Iterator[int]:
+    """Configure joblib for the backend; yield the n_jobs to use."""
+    import joblib
+
+    if backend == "loky":
+        with joblib.parallel_config(backend="loky", inner_max_num_threads=None):
+            yield workers
+        return
+    if backend != "dask":
+        raise ValueError(f"unknown backend {backend!r}; use loky or dask")
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:
+        raise ValueError("the dask backend needs dask.distributed: pip install 'dask[distributed]'") from None
+    with contextlib.ExitStack() as stack:
+        if address is None:
+            cluster = stack.enter_context(LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                                       host="127.0.0.1", dashboard_address=None))
+            address = cluster.scheduler_address
+        stack.enter_context(Client(address))
+        stack.enter_context(joblib.parallel_config(backend="dask"))
+        yield workers
+
+
+def run_trials(trials: Sequence[Trial], *, study: str, out_dir: str | Path, trial_fn: TrialFn | None = None,
+               workers: int | str = 1, backend: str = "loky", address: str | None = None,
+               devices: str | Sequence[str] = "auto", retries: int = 1, retry_failed: bool = False,
+               stale_after: float = 120.0, teacher: str | None = None, bank: str | None = None,
+               progress: bool = True, poll: float = 2.0, log: Callable[[str], None] | None = None) -> RunSummary:
+    """Run every trial not done yet, in parallel; wait for trials that other runners hold."""
+    from joblib import Parallel, delayed
+    from tqdm.auto import tqdm
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    slots = resolve_devices(devices)
+    n_jobs = _workers(workers, slots)
+    threads = max(1, (os.cpu_count() or 1) // n_jobs)
+    ctx = _Context(study, str(out_dir), trial_fn, retries, retry_failed, stale_after, slots, threads, teacher, bank)
+    say = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
+    outcomes: dict[str, TrialOutcome] = {}
+    todo = [t for t in trials if read_record(out_dir, t.trial_id) is None
+            or read_record(out_dir, t.trial_id).get("status") not in DONE]
+    labels = {t.trial_id: t.label for t in trials}
+    bar = tqdm(total=len(trials), initial=len(trials) - len(todo), desc=study, unit="trial",
+               disable=not progress or not sys.stderr.isatty(), dynamic_ncols=True)
+    try:
+        with _backend(backend, address, n_jobs) as jobs:
+            while todo:
+                parallel = Parallel(n_jobs=min(jobs, len(todo)), return_as="generator_unordered")
+                busy = []
+                for outcome in parallel(delayed(_execute)(t, ctx) for t in todo):
+                    if outcome.status == "busy":
+                        busy.append(outcome.trial_id)
+                        continue
+                    outcomes[outcome.trial_id] = outcome
+                    bar.update(1)
+                    if outcome.status != "done":
+                        say(f"{outcome.status:>8}  {outcome.trial_id}  {labels[outcome.trial_id]}"
+                            f"  ({outcome.seconds:.1f} s, attempt {outcome.attempt})")
+                # Trials held by another live runner: wait until they are done or their claim dies.
+                todo = [t for t in trials if t.trial_id in busy]
+                while todo:
+                    states = {t.trial_id: trial_state(out_dir, t.trial_id, retries=retries,
+                                                      stale_after=stale_after) for t in todo}
+                    for tid, state in states.items():
+                        if state in ("done", "failed"):
+                            outcomes[tid] = TrialOutcome(tid, "done" if state == "done" else "failed")
+                            bar.update(1)
+                    todo = [t for t in todo if states[t.trial_id] in ("pending", "retry")] + \
+                           [t for t in todo if states[t.trial_id] == "running"]
+                    if all(states[t.trial_id] == "running" for t in todo) and todo:
+                        time.sleep(poll)
+                        continue
+                    break
+    finally:
+        bar.close()
+    counts: dict[str, int] = {}
+    for o in outcomes.values():
+        counts[o.status] = counts.get(o.status, 0) + 1
+    return RunSummary(tuple(outcomes.values()), counts)

@@ -1,0 +1,288 @@
+"""Running a study in stages — teacher → distillation bank → trials → summary → report.
+
+Each stage is idempotent, in the manner of pycls/NASLib: the teacher is a trial (skipped when its
+record and weights exist), the LANA weight bank is rebuilt only when its inputs change, trials
+already done never run again, and the summary is re-read from the records. `opswap run` and
+`opswap status` live here.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from opswap.study.config import BACKENDS, Study, load_study
+from opswap.study.execute import (DONE, RunSummary, TrialFn, read_record, record_path, resolve_devices,
+                                  run_trials, trial_state)
+from opswap.study.expand import Expansion, Trial, expand_study, teacher_settings
+
+__all__ = ["StudyRun", "StudyStatus", "run_study", "study_status", "prepare_teacher", "prepare_bank",
+           "write_summary", "add_run_arguments", "run_main", "add_status_arguments", "status_main"]
+
+
+@dataclass(frozen=True)
+class StudyRun:
+    """What `run_study` did: the expansion, the trials' outcome counts and the files it wrote."""
+
+    study: str
+    results_dir: str
+    expansion: Expansion
+    summary: RunSummary
+    teacher: str | None = None
+    bank: str | None = None
+    summary_csv: str | None = None
+    report: str | None = None
+
+
+@dataclass(frozen=True)
+class StudyStatus:
+    """Trial counts by state and an estimate of the time left."""
+
+    study: str
+    total: int
+    counts: dict[str, int]
+    mean_seconds: float | None
+    eta_seconds: float | None
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def prepare_teacher(study: Study, results_dir: Path, *, trial_fn: TrialFn | None = None,
+                    devices: Any = "auto", progress: bool = True) -> str | None:
+    """Stage 1: the teacher checkpoint (given, already trained, or trained now as a trial)."""
+    if not study.needs_teacher:
+        return None
+    if study.teacher.checkpoint is not None:
+        return str(Path(study.teacher.checkpoint).expanduser())
+    from opswap.trial import trial_id_for
+
+    settings = teacher_settings(study)
+    trial = Trial(trial_id_for(settings), settings, f"teacher {study.model} {study.teacher.epochs} epochs")
+    out = results_dir / "teacher"
+    weights = out / f"{trial.trial_id}.safetensors"
+    record = read_record(out, trial.trial_id)
+    if record is not None and record.get("status") == "ok" and weights.is_file():
+        return str(weights)
+    if record is not None and record.get("status") == "ok":
+        record_path(out, trial.trial_id).unlink()  # weights lost: train it again
+    _say(f"teacher: training {trial.label} ({trial.trial_id})")
+    run_trials([trial], study=f"{study.name}-teacher", out_dir=out, trial_fn=trial_fn, workers=1,
+               devices=devices, retries=study.run.retries, stale_after=study.run.stale_after,
+               progress=progress, retry_failed=True)
+    record = read_record(out, trial.trial_id)
+    if record is None or record.get("status") != "ok" or not weights.is_file():
+        why = (record or {}).get("error") or (record or {}).get("status") or "no record"
+        raise RuntimeError(f"the teacher of study {study.name!r} did not train ({why}); see "
+                           f"{out / 'logs' / (trial.trial_id + '.log')}")
+    return str(weights)
+
+
+def _bank_pairs(expansion: Expansion) -> list[tuple[int, str]]:
+    pairs = {(t.settings["position"], t.settings["op"]) for t in expansion.trials
+             if t.settings.get("init") == "lana" and t.settings.get("position") is not None}
+    return sorted(pairs)
+
+
+def prepare_bank(study: Study, expansion: Expansion, teacher: str | None, results_dir: Path, *,
+                 device: str | None = None, progress: bool = True) -> str | None:
+    """Stage 2: the LANA weight bank of every (position, op) pair the trials need, with scores."""
+    pairs = _bank_pairs(expansion)
+    if teacher is None or not pairs:
+        return None
+    path, key_file = results_dir / "bank.safetensors", results_dir / "bank.key"
+    key = hashlib.sha256(json.dumps({"teacher": _sha256(Path(teacher)), "pairs": pairs, "distill": study.distill,
+                                     "dataset": study.dataset, "data": study.data},
+                                    sort_keys=True, default=str).encode()).hexdigest()[:16]
+    if path.is_file() and key_file.is_file() and key_file.read_text().strip() == key:
+        return str(path)
+    import torch
+
+    from opswap import load_dataset
+    from opswap.distill.apply import load_teacher, replace1_accuracy
+    from opswap.distill.engine import DistillConfig, distill_bank
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    device = device or resolve_devices("auto")[0]
+    _say(f"bank: distilling {len(pairs)} (position, op) pairs from the teacher on {device}")
+    model = load_teacher(teacher, study.model, study.num_classes)
+    data = load_dataset(study.dataset, study.data)
+    t0 = time.perf_counter()
+    bank = distill_bank(model, data, pairs, DistillConfig(**study.distill), device=device, progress=progress,
+                        model_name=study.model)
+    replace1_accuracy(model, bank, data, device=device, progress=progress)
+    key_file.unlink(missing_ok=True)
+    bank.save(path)
+    key_file.write_text(key + "\n")
+    _say(f"bank: {len(pairs)} pairs in {time.perf_counter() - t0:.0f} s → {path}")
+    return str(path)
+
+
+def write_summary(study: Study, expansion: Expansion, results_dir: Path) -> str | None:
+    """Stage 4: results/<study>/summary.csv, one row per finished trial of this study."""
+    files = [record_path(results_dir, t.trial_id) for t in expansion.trials]
+    files = [f for f in files if f.is_file()]
+    if not files:
+        return None
+    from opswap import load_results
+
+    path = results_dir / "summary.csv"
+    frame = load_results(files)
+    tmp = path.with_name(".summary.csv.tmp")
+    frame.to_csv(tmp, index=False)
+    os.replace(tmp, path)
+    return str(path)
+
+
+def run_study(study: Study, *, results_dir: str | Path = "results", trial_fn: TrialFn | None = None,
+              workers: int | str | None = None, backend: str | None = None, address: str | None = None,
+              retry_failed: bool = False, progress: bool = True, report: bool = True,
+              reports_dir: str | Path = "reports") -> StudyRun:
+    """Run every stage of a study; finished work is never redone."""
+    run = study.run
+    run = replace(run, workers=workers or run.workers, backend=backend or run.backend,
+                  address=address or run.address)
+    root = Path(results_dir) / study.name
+    expansion = expand_study(study)
+    _say(_plan(study, expansion, root, run.retries))
+    root.mkdir(parents=True, exist_ok=True)
+    teacher = prepare_teacher(study, root, trial_fn=trial_fn, devices=run.devices, progress=progress)
+    bank = prepare_bank(study, expansion, teacher, root, progress=progress)
+    summary = run_trials(expansion.trials, study=study.name, out_dir=root, trial_fn=trial_fn, workers=run.workers,
+                         backend=run.backend, address=run.address, devices=run.devices, retries=run.retries,
+                         retry_failed=retry_failed, stale_after=run.stale_after, teacher=teacher, bank=bank,
+                         progress=progress)
+    csv = write_summary(study, expansion, root)
+    counts = ", ".join(f"{n} {k}" for k, n in sorted(summary.counts.items())) or "nothing to run"
+    _say(f"{study.name}: {counts}; records in {root}" + (f", summary {csv}" if csv else ""))
+    written = None
+    if report and csv:
+        try:
+            from opswap.report import write_report
+        except ImportError as err:
+            _say(f"report skipped: {err}")
+        else:
+            written = write_report(root, reports_dir, study=study.name)
+            _say(f"report: {written}")
+    return StudyRun(study.name, str(root), expansion, summary, teacher, bank, csv,
+                    str(written) if written else None)
+
+
+def _plan(study: Study, expansion: Expansion, root: Path, retries: int) -> str:
+    states = [trial_state(root, t.trial_id, retries=retries, stale_after=study.run.stale_after)
+              for t in expansion.trials]
+    done = states.count("done")
+    lines = [f"study {study.name} ({study.path}): {len(expansion.trials)} trials, {done} already done, "
+             f"{states.count('running')} running elsewhere, {states.count('failed')} failed (no retries left), "
+             f"{len(expansion.trials) - done - states.count('running') - states.count('failed')} to run"]
+    lines += [f"  skipped: position {s.position} × {s.op}: {s.reason}" for s in expansion.skipped]
+    return "\n".join(lines)
+
+
+def study_status(study: Study, results_dir: str | Path = "results") -> StudyStatus:
+    """Counts of done / running / failed / pending trials and an estimate of the time left."""
+    root = Path(results_dir) / study.name
+    expansion = expand_study(study)
+    counts = {"done": 0, "running": 0, "failed": 0, "pending": 0}
+    seconds = []
+    for t in expansion.trials:
+        state = trial_state(root, t.trial_id, retries=study.run.retries, stale_after=study.run.stale_after)
+        counts["pending" if state == "retry" else state] += 1
+        record = read_record(root, t.trial_id) if state == "done" else None
+        if record is not None and (record.get("timing") or {}).get("seconds") is not None:
+            seconds.append(float(record["timing"]["seconds"]))
+    mean = sum(seconds) / len(seconds) if seconds else None
+    slots = resolve_devices(study.run.devices)
+    workers = study.run.workers if study.run.workers != "auto" else \
+        (len(slots) if slots[0] != "cpu" else max(1, (os.cpu_count() or 1) // 4))
+    left = counts["pending"] + counts["running"] * 0.5
+    eta = mean * left / max(1, int(workers)) if mean is not None else None
+    return StudyStatus(study.name, len(expansion.trials), counts, mean, eta)
+
+
+# -- command line -------------------------------------------------------------------------------
+
+def _common_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("study", help="the study file (TOML), e.g. studies/quickstart.toml")
+    parser.add_argument("--results", default="results", metavar="DIR",
+                        help="results root; records go to DIR/<study>/ (default: results)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a study key (dotted, TOML value), e.g. --set epochs=[1] --set train.lr=0.05")
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `opswap run`."""
+    _common_arguments(parser)
+    parser.add_argument("--workers", type=int, metavar="N", help="parallel trials (default: the study's [run] workers)")
+    parser.add_argument("--backend", choices=BACKENDS, help="loky (local processes) or dask (a dask.distributed cluster)")
+    parser.add_argument("--address", metavar="A", help="dask scheduler address, e.g. tcp://10.0.0.1:8786")
+    parser.add_argument("--retry-failed", action="store_true", help="run failed trials again, with a fresh retry budget")
+    parser.add_argument("--dry-run", action="store_true", help="list the trials and skipped pairs; write nothing")
+    parser.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    parser.add_argument("--reports", default="reports", metavar="DIR", help="where the report goes (default: reports)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _load(args: argparse.Namespace, extra: Iterable[tuple[str, Any]] = ()) -> Study:
+    return load_study(args.study, list(args.overrides) + list(extra))
+
+
+def run_main(args: argparse.Namespace) -> int:
+    """`opswap run STUDY`: run every stage of the study; finished trials are skipped."""
+    if args.workers is not None and args.workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {args.workers}")
+    extra = [("run.backend", args.backend)] if args.backend else []
+    extra += [("run.address", args.address)] if args.address else []
+    study = _load(args, extra)
+    if args.dry_run:
+        expansion = expand_study(study)
+        root = Path(args.results) / study.name
+        print(_plan(study, expansion, root, study.run.retries))
+        for t in expansion.trials:
+            state = trial_state(root, t.trial_id, retries=study.run.retries, stale_after=study.run.stale_after)
+            print(f"{t.trial_id}  {state:<8} {t.label}")
+        return 0
+    result = run_study(study, results_dir=args.results, workers=args.workers, retry_failed=args.retry_failed,
+                       progress=not args.no_progress, report=not args.no_report, reports_dir=args.reports)
+    return 1 if result.summary.counts.get("failed") else 0
+
+
+def add_status_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `opswap status`."""
+    _common_arguments(parser)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    return f"{h}h{rest // 60:02d}m" if h else f"{rest // 60}m{rest % 60:02d}s"
+
+
+def status_main(args: argparse.Namespace) -> int:
+    """`opswap status STUDY`: done / running / failed / pending, and the time left."""
+    status = study_status(_load(args), args.results)
+    c = status.counts
+    print(f"{status.study}: {status.total} trials — {c['done']} done, {c['running']} running, "
+          f"{c['failed']} failed, {c['pending']} pending")
+    if status.mean_seconds is not None:
+        eta = "done" if status.eta_seconds == 0 else f"about {_duration(status.eta_seconds)} left"
+        print(f"mean trial {_duration(status.mean_seconds)}; {eta}")
+    elif c["pending"]:
+        print("no finished trial yet: no estimate of the time left")
+    return 0
