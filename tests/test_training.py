@@ -12,6 +12,15 @@ from opswap.training import (TrainConfig, evaluate, load_checkpoint, load_weight
 TIMING = ("seconds", "images_per_s")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and lose much when cores are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny(num_classes: int = 10, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     return nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
@@ -25,7 +34,7 @@ def untimed(history):
 
 @pytest.fixture(scope="module")
 def data():
-    return synthetic(256, 64, seed=1)
+    return synthetic(160, 40, seed=1)
 
 
 @pytest.mark.parametrize("kwargs, word", [
@@ -87,10 +96,10 @@ class TurnsNaN(nn.Module):
 
 
 def test_nan_loss_ends_the_run_as_diverged_keeping_history(data):
-    result = train(TurnsNaN(after=10), data, TrainConfig(epochs=3, batch_size=32))
+    result = train(TurnsNaN(after=7), data, TrainConfig(epochs=3, batch_size=32))
     assert result.status == "diverged"
     assert "nan" in result.error and "epoch 2" in result.error
-    assert [row["epoch"] for row in result.history] == [1]  # epoch 1 had 8 steps, all finite
+    assert [row["epoch"] for row in result.history] == [1]  # epoch 1 had 5 steps, all finite
 
 
 class StopAfter:
@@ -115,18 +124,18 @@ class StopAfter:
 
 
 def test_checkpoint_resume_continues_exactly(tmp_path, data):
-    config = TrainConfig(epochs=2, batch_size=64, optimizer="sgd", lr=0.05)
+    config = TrainConfig(epochs=2, batch_size=32, optimizer="sgd", lr=0.05)
     straight = tiny()
     full = train(straight, data, config, pruner=StopAfter())
     ckpt = tmp_path / "run.safetensors"
     with pytest.raises(KeyboardInterrupt):  # interrupted in epoch 2; epoch 1 is checkpointed
-        train(tiny(), data, config, checkpoint=ckpt, pruner=StopAfter(stop=6))
+        train(tiny(), data, config, checkpoint=ckpt, pruner=StopAfter(stop=7))
     state = load_checkpoint(ckpt, tiny())
-    assert state["epoch"] == 1 and state["step"] == 4 and len(state["history"]) == 1
+    assert state["epoch"] == 1 and state["step"] == 5 and len(state["history"]) == 1
     pruner = StopAfter()
     resumed_model = tiny(seed=99)
     resumed = train(resumed_model, data, config, checkpoint=ckpt, resume=True, pruner=pruner)
-    assert pruner.before == 1 and pruner.steps == list(range(1, 9))
+    assert pruner.before == 1 and pruner.steps == list(range(1, 11))
     assert untimed(resumed.history) == untimed(full.history)
     for (k, a), b in zip(straight.state_dict().items(), resumed_model.state_dict().values()):
         assert torch.equal(a, b), k
@@ -168,9 +177,9 @@ def test_evaluate_accuracy_loss_and_per_class(data):
 def test_validation_split_is_what_epochs_watch(data):
     from dataclasses import replace
 
-    held = replace(data, x_train=data.x_train[:200], y_train=data.y_train[:200],
-                   x_val=data.x_train[200:], y_val=data.y_train[200:])
-    result = train(tiny(), held, TrainConfig(epochs=2, batch_size=50), eval_split="val")
+    held = replace(data, x_train=data.x_train[:120], y_train=data.y_train[:120],
+                   x_val=data.x_train[120:], y_val=data.y_train[120:])
+    result = train(tiny(), held, TrainConfig(epochs=2, batch_size=40), eval_split="val")
     first, last = result.history
     assert first["val_acc"] is not None and first["test_acc"] is None
     assert last["test_acc"] is not None  # the test split is read once, at the end

@@ -1,0 +1,145 @@
+"""One run from settings to record: settings, trial ids, records, run_trial and `opswap train`."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from opswap.data import synthetic
+from opswap.records import SCHEMA, read_record, write_record
+from opswap.trial import default_settings, run_trial, trial_id_for
+
+RECORD_KEYS = {"schema", "trial_id", "study", "status", "error", "attempt", "settings", "history",
+               "metrics", "env", "timing"}
+METRIC_KEYS = {"test_acc", "test_loss", "best_test_acc", "train_acc", "train_loss", "val_acc",
+               "per_class_acc", "params", "macs", "op_params_count", "op_macs", "latency_ms_b1",
+               "latency_ms_batch", "latency_batch_size", "sparsity", "layer_sparsity", "dense_bytes",
+               "csr_bytes", "distill_loss", "replace1_acc"}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and lose much when cores are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def npz(tmp_path_factory):
+    data = synthetic(120, 40, seed=2)
+    path = tmp_path_factory.mktemp("data") / "small.npz"
+    nhwc = lambda x: x.permute(0, 2, 3, 1).numpy()
+    np.savez(path, x_train=nhwc(data.x_train), y_train=data.y_train.numpy(),
+             x_test=nhwc(data.x_test), y_test=data.y_test.numpy())
+    return str(path)
+
+
+def quick(npz, **overrides):
+    base = dict(model="tf-cnn", dataset="npz", data=npz, epochs=1, batch_size=40, latency_batch_size=8)
+    return default_settings(**{**base, **overrides})
+
+
+def test_default_settings_fill_and_resolve_everything():
+    s = default_settings(model="wrn-10-1", position=2, op="mbconv", optimizer="adam", lr=3e-3)
+    assert {"kind", "model", "dataset", "data", "num_classes", "data_fraction", "position", "op",
+            "op_family", "op_params", "init", "seed", "epochs", "sparsity", "prune", "train",
+            "distill"} <= set(s)
+    assert (s["op"], s["op_family"], s["op_params"]) == ("mbconv_e6_k3", "mbconv", {"e": 6, "k": 3})
+    assert s["train"]["optimizer"] == "adam" and s["train"]["lr"] == 3e-3 and s["train"]["weight_decay"] == 0.0
+    assert default_settings(dataset="cifar100")["num_classes"] == 100
+    assert default_settings(sparsity=0.9)["prune"] == "dsr"
+
+
+@pytest.mark.parametrize("overrides, word", [
+    ({"learning_rate": 0.1}, "learning_rate"), ({"init": "imagenet"}, "init"),
+    ({"op": "mbconv"}, "position"), ({"optimizer": "lbfgs"}, "optimizer"), ({"sparsity": 1.5}, "sparsity"),
+])
+def test_default_settings_reject_bad_values(overrides, word):
+    with pytest.raises(ValueError, match=word):
+        default_settings(**overrides)
+
+
+def test_trial_id_is_a_stable_hash_of_the_settings():
+    a, b = default_settings(seed=1), default_settings(seed=1)
+    assert trial_id_for(a) == trial_id_for(b) and len(trial_id_for(a)) == 12
+    int(trial_id_for(a), 16)
+    assert trial_id_for(a) != trial_id_for(default_settings(seed=2))
+    assert trial_id_for(a) != trial_id_for(default_settings(seed=1, lr=0.05))
+
+
+def test_records_are_atomic_json_with_nan_as_null(tmp_path):
+    record = {"schema": SCHEMA, "trial_id": "abc", "status": "diverged", "settings": {},
+              "history": [{"train_loss": float("nan")}], "metrics": {"x": torch.tensor(2.5)}}
+    path = write_record(record, tmp_path)
+    assert path.name == "abc.json" and [p.name for p in tmp_path.iterdir()] == ["abc.json"]
+    back = read_record(path)
+    assert back["history"][0]["train_loss"] is None and back["metrics"]["x"] == 2.5
+    with pytest.raises(ValueError, match="status"):
+        write_record({**record, "status": "done"}, tmp_path)
+    (tmp_path / "old.json").write_text(json.dumps({"schema": 0}))
+    with pytest.raises(ValueError, match="schema"):
+        read_record(tmp_path / "old.json")
+
+
+def test_run_trial_writes_a_complete_record(tmp_path, npz):
+    settings = quick(npz)
+    record = run_trial(settings, trial_id=trial_id_for(settings), study="t", out_dir=tmp_path)
+    assert record["status"] == "ok", record["error"]
+    on_disk = read_record(tmp_path / f"{trial_id_for(settings)}.json")
+    assert set(on_disk) == RECORD_KEYS and METRIC_KEYS <= set(on_disk["metrics"])
+    m = on_disk["metrics"]
+    assert m["params"] == 122_570 and m["dense_bytes"] == 4 * 122_570 and m["csr_bytes"] is None
+    assert m["op_params_count"] is None and m["latency_ms_b1"] > 0 and m["latency_batch_size"] == 8
+    assert len(on_disk["history"]) == 1 and on_disk["settings"] == settings
+    assert on_disk["env"]["device"] == "cpu" and on_disk["timing"]["seconds"] > 0
+
+
+def test_exceptions_become_failed_records(tmp_path, npz):
+    settings = quick(npz, model="wrn-11-1")
+    record = run_trial(settings, trial_id="f" * 12, study="t", out_dir=tmp_path)
+    assert record["status"] == "failed" and "6n+4" in record["error"]
+    assert read_record(tmp_path / ("f" * 12 + ".json"))["status"] == "failed"
+
+
+def test_exploding_learning_rate_is_recorded_as_diverged(npz):
+    record = run_trial(quick(npz, optimizer="sgd", lr=1e12, epochs=2), trial_id="d" * 12, study="t")
+    assert record["status"] == "diverged" and "loss became" in record["error"]
+
+
+def test_teacher_then_random_init_at_a_position(tmp_path, npz):
+    teacher_settings = quick(npz, model="wrn-10-1", save_weights=True)
+    teacher_id = trial_id_for(teacher_settings)
+    assert run_trial(teacher_settings, trial_id=teacher_id, study="t", out_dir=tmp_path)["status"] == "ok"
+    weights = tmp_path / f"{teacher_id}.safetensors"
+    assert weights.is_file()
+    settings = quick(npz, model="wrn-10-1", position=2, op="conv_bn_e1", init="random")
+    record = run_trial(settings, trial_id="r" * 12, study="t", teacher=str(weights))
+    assert record["status"] == "ok", record["error"]
+    assert record["metrics"]["op_params_count"] > 0 and record["metrics"]["distill_loss"] is None
+    missing = run_trial(settings, trial_id="m" * 12, study="t")
+    assert missing["status"] == "failed" and "teacher" in missing["error"]
+
+
+def test_sparse_whole_model(npz):
+    record = run_trial(quick(npz, sparsity=0.8, prune="static"), trial_id="s" * 12, study="t")
+    assert record["status"] == "ok", record["error"]
+    m = record["metrics"]
+    assert m["sparsity"] == pytest.approx(0.8, abs=0.05) and m["csr_bytes"] < m["dense_bytes"]
+
+
+def test_opswap_train_command(tmp_path, npz, capsys):
+    from opswap.cli import main
+
+    code = main(["train", "--model", "tf-cnn", "--dataset", "npz", "--data", npz, "--epochs", "1",
+                 "--optimizer", "adam", "--batch-size", "32", "--normalize", "unit", "--no-augment",
+                 "--out", str(tmp_path / "seed000"), "--no-progress", "--latency-batch-size", "0"])
+    out = capsys.readouterr().out
+    assert code == 0 and "record:" in out
+    (path,) = (tmp_path / "seed000").glob("*.json")
+    record = read_record(path)
+    assert record["study"] == "seed000" and record["settings"]["train"]["normalize"] == "unit"
+    assert record["settings"]["train"]["schedule"] == "constant" and not record["settings"]["train"]["augment"]
+    assert record["metrics"]["latency_ms_b1"] is None  # --latency-batch-size 0 skips latency
+    assert main(["train", "--model", "tf-cnn", "--dataset", "npz", "--out", str(tmp_path)]) == 2
