@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import io
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from opswap.analysis.predict import NUMERIC_PREDICTORS, points, predictability
-from opswap.analysis.tables import labelled, method_table, summary
+from opswap.analysis.tables import labelled, method_table, sort_key, summary
 
 CURVES = [("train_acc", "train accuracy (%)"), ("test_acc", "test accuracy (%)"),
           ("train_loss", "train loss"), ("test_loss", "test loss")]
@@ -37,30 +39,38 @@ def accuracy_heatmap(frame: pd.DataFrame, metric: str = "test_acc") -> Figure:
     if long.empty or long["n"].sum() == 0:
         return _empty("no finished swapped trials")
     budgets = sorted(long["epochs"].dropna().unique())
-    widest = long.groupby("epochs")["candidate"].nunique().max()
+    widest = long["candidate"].nunique()
     figure = Figure(figsize=(1.3 + (1.4 * widest + 1.5) * len(budgets),
                              1.2 + 0.55 * long["row"].nunique()), layout="constrained")
     axes = np.atleast_1d(figure.subplots(1, len(budgets), squeeze=False)[0])
     has_delta = long["delta"].notna().any()
     limit = max(float(np.nanmax(np.abs(long["delta"]))) if has_delta else 0.0, 1e-9)
+    rows = sorted(long["row"].unique(), key=lambda r: (not r.isdigit(), int(r) if r.isdigit() else r))
+    columns = sorted(long["candidate"].unique(), key=sort_key)
     for ax, epochs in zip(axes, budgets):
         part = long[long["epochs"] == epochs]
-        rows = sorted(part["row"].unique(), key=lambda r: (not r.isdigit(), int(r) if r.isdigit() else r))
-        columns = list(dict.fromkeys(part.sort_values("candidate")["candidate"]))
         value = part.pivot(index="row", columns="candidate", values="delta" if has_delta else "mean")
         text = part.assign(t=[("—" if n == 0 else f"{m:.1f}\n({n})")
                               for m, n in zip(part["mean"], part["n"])])
         text = text.pivot(index="row", columns="candidate", values="t").reindex(index=rows, columns=columns)
         value = value.reindex(index=rows, columns=columns).astype(float)
-        sns.heatmap(value, ax=ax, annot=text.fillna(""), fmt="", cmap="RdBu" if has_delta else "viridis",
-                    center=0 if has_delta else None, vmin=-limit if has_delta else None,
-                    vmax=limit if has_delta else None, linewidths=0.5, linecolor="white",
-                    cbar_kws={"label": f"Δ {metric} vs baseline" if has_delta else metric},
-                    annot_kws={"fontsize": 8})
+        with warnings.catch_warnings():  # seaborn 0.13 calls a deprecated cmap.set_bad
+            warnings.simplefilter("ignore", PendingDeprecationWarning)
+            _heatmap(value, text, ax, has_delta, limit, metric)
         ax.set_facecolor("#dddddd")  # missing cells show as grey
         ax.set(title=f"{int(epochs)} epochs", xlabel="candidate", ylabel="position")
         ax.tick_params(axis="x", labelrotation=35)
     return figure
+
+
+def _heatmap(value: pd.DataFrame, text: pd.DataFrame, ax, has_delta: bool, limit: float,
+             metric: str) -> None:
+    """One seaborn heatmap: diverging around 0 for Δ, sequential for plain means."""
+    options = dict(cmap="RdBu", center=0, vmin=-limit, vmax=limit) if has_delta else \
+        dict(cmap="viridis")
+    sns.heatmap(value, ax=ax, annot=text.astype(object).fillna(""), fmt="", linewidths=0.5,
+                linecolor="white", annot_kws={"fontsize": 8},
+                cbar_kws={"label": f"Δ {metric} vs baseline" if has_delta else metric}, **options)
 
 
 def learning_curves(history: pd.DataFrame, *, title: str | None = None) -> Figure:
@@ -83,6 +93,7 @@ def learning_curves(history: pd.DataFrame, *, title: str | None = None) -> Figur
         sns.lineplot(data=data, x="epoch", y=column, hue="series", hue_order=order,
                      errorbar="sd", marker="o", markersize=3, ax=ax, legend=ax is axes[0])
         ax.set(xlabel="epoch", ylabel=label)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if axes[0].get_legend() is not None:
         sns.move_legend(axes[0], "lower right", fontsize=7, title=None)
     if title:

@@ -71,7 +71,8 @@ def labelled(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def _sort_key(candidate: str) -> tuple:
+def sort_key(candidate: str) -> tuple:
+    """Candidates in the papers' order: baseline, identity, mbconv, conv_bn, resnet, bottleneck."""
     op = candidate.split(" · ")[0]
     family = next((i for i, f in enumerate(FAMILY_ORDER) if op.startswith(f)), len(FAMILY_ORDER))
     return family, op, candidate
@@ -121,7 +122,8 @@ def summary(frame: pd.DataFrame, metric: str = "test_acc", *,
                     "delta": (values.mean() - reference.mean()
                               if len(values) and len(reference) else math.nan),
                     "ci_low": float(low), "ci_high": float(high), "p_value": p,
-                    "marks": "" if is_reference or not len(values) else _marks(p),
+                    "marks": "" if is_reference or not len(values) or not len(reference)
+                             else _marks(p),
                 })
     columns = ["epochs", "model", "row", "candidate", "is_reference", "n", "mean", "std",
                "n_failed", "n_reference", "delta", "ci_low", "ci_high", "p_value", "marks", "best"]
@@ -173,7 +175,7 @@ def _pivot(table: pd.DataFrame, cells: pd.Series) -> pd.DataFrame:
             if pd.isna(wide.loc[row, column]):
                 expected = column in columns[row.endswith("baseline")]
                 wide.loc[row, column] = MISSING if expected else ""
-    wide = wide.loc[sorted(wide.index, key=_row_key), sorted(wide.columns, key=_sort_key)]
+    wide = wide.loc[sorted(wide.index, key=_row_key), sorted(wide.columns, key=sort_key)]
     wide.index.name, wide.columns.name = "position", None
     return wide
 
@@ -212,7 +214,7 @@ def complexity_table(frame: pd.DataFrame) -> pd.DataFrame:
     columns = [c for c in COMPLEXITY_COLUMNS if c in data]
     table = (data.groupby(["row", "candidate"])[columns]
              .agg(lambda s: s.dropna().median() if s.notna().any() else math.nan))
-    order = sorted(table.index, key=lambda rc: (_row_key(rc[0]), _sort_key(rc[1])))
+    order = sorted(table.index, key=lambda rc: (_row_key(rc[0]), sort_key(rc[1])))
     return table.loc[order].reset_index().rename(columns={"row": "position"})
 
 

@@ -1,0 +1,137 @@
+"""Reports of partial studies: the expected cells in the HTML and Markdown, self-contained."""
+import base64
+import importlib.util
+import re
+from pathlib import Path
+
+import pytest
+
+from opswap import report
+from opswap.cli import main
+from record_factory import make_record, paper_records, write_records
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def partial(tmp_path_factory):
+    """A partial study: two epoch budgets, a failed trial, a corrupt file; its report."""
+    tmp = tmp_path_factory.mktemp("report")
+    records = paper_records(epochs=3, study="demo") + paper_records(epochs=6, study="demo")[:5]
+    records.append(make_record(test_acc=None, op="resnet_e2", position=1, status="failed"))
+    results = write_records(tmp / "results" / "demo", records)
+    (results / "half-written.json").write_text('{"schema": 1, "trial')
+    index = report.write_report(results, tmp / "reports")
+    return index, index.read_text(), index.with_name("README.md").read_text()
+
+
+def test_report_goes_to_reports_root_slash_study(partial):
+    index, _, _ = partial
+    assert index.name == "index.html" and index.parent.name == "demo"
+    assert {"README.md", "heatmap.png", "results.csv", "history.csv"} <= {p.name for p in index.parent.iterdir()}
+
+
+def test_html_has_the_expected_cells_and_marks(partial):
+    _, html, _ = partial
+    assert '<td class="best">95.00 ± 0.50 (3)* ▲</td>' in html
+    assert "<td>93.00 ± 1.00 (3)*</td>" in html
+    assert '<td class="missing">— (1 failed)</td>' in html
+    assert "<td>96.20 ± 0.20 (3)</td>" in html
+    assert "<td>-3.20 [-5.56, -0.84]*</td>" in html            # Δ table
+    assert "test accuracy (%), 6 epochs" in html and "<td>92.50 ± 0.71 (2)</td>" in html
+
+
+def test_html_states_partial_status_settings_versions_and_provenance(partial):
+    _, html, _ = partial
+    assert "18 trial records: 1 failed, 17 ok" in html
+    assert "half-written.json: not readable JSON" in html
+    for heading in ("Settings", "Results", "Learning curves", "Predictability", "Complexity",
+                    "Failed trials", "Versions and provenance"):
+        assert f"<h2>{heading}</h2>" in html
+    assert "<th>train_optimizer</th>" in html and "report: scipy" in html
+    assert "records: torch</th><td>2.5.0" in html.replace("\n", "")
+    assert "RuntimeError: boom" in html
+
+
+def test_html_is_self_contained_with_embedded_png_figures(partial):
+    index, html, _ = partial
+    images = re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", html)
+    pngs = sorted(p for p in index.parent.glob("*.png"))
+    assert len(images) == len(pngs) >= 4
+    assert all(base64.b64decode(i)[:8] == b"\x89PNG\r\n\x1a\n" for i in images)
+    assert not re.search(r"(src|href)=['\"](?!data:)", html)   # nothing fetched from elsewhere
+
+
+def test_markdown_has_tables_and_figure_files(partial):
+    index, _, markdown = partial
+    assert "| 1 |  | 93.00 ± 1.00 (3)* | 95.00 ± 0.50 (3)* ▲ | — (1 failed) |" in markdown
+    assert "| 3 |  | 96.20 ± 0.14 (2) | 96.50 (1)° ▲ | — |" in markdown
+    for target in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown):
+        assert (index.parent / target).is_file()
+    assert "- 18 trial records: 1 failed, 17 ok" in markdown
+
+
+def test_pending_trials_are_counted_from_the_study(tmp_path, monkeypatch):
+    records = paper_records(epochs=3)
+    results = write_records(tmp_path / "r", records)
+    expected = {r["trial_id"] for r in records} | {"pending00001", "pending00002"}
+    monkeypatch.setattr(report, "_expected_trials", lambda study_file: (expected, ""))
+    study = tmp_path / "s.toml"
+    study.write_text('name = "s"\n')
+    index = report.write_report_to(results, tmp_path / "out", study="s", study_file=study)
+    html = index.read_text()
+    assert f"2 of {len(expected)} expected trials pending" in html
+    assert "name = &quot;s&quot;" in html                      # the study file is shown
+
+
+def test_methods_study_gets_the_method_comparison(tmp_path):
+    records = [make_record(test_acc=a, seed=s, model="tf-cnn", method="tf-cnn dense")
+               for s, a in enumerate([70.0, 71.0])]
+    records += [make_record(test_acc=a, seed=s, model="tf-cnn", sparsity=0.9, prune="dsr",
+                            method="tf-cnn DSR 0.9", csr_bytes=80_000) for s, a in enumerate([75.0, 77.0])]
+    records.append(make_record(test_acc=40.0, kind="traditional", model="tf-cnn", method="HOG + linear",
+                               params=3_730, macs=None))
+    index = report.write_report(write_records(tmp_path / "mc", records), tmp_path / "out")
+    html = index.read_text()
+    assert "<h2>Method comparison</h2>" in html and "<h2>Sparsity</h2>" in html
+    assert "<th>methods</th>" in html and "<td>40.00 (1)</td>" in html  # no baseline: no test
+    assert '<td class="best">76.00 ± 1.41 (2) ▲</td>' in html
+
+
+def test_cli_writes_the_report_from_a_results_dir_or_a_study_file(tmp_path, capsys):
+    results = write_records(tmp_path / "results" / "quick", paper_records(epochs=3, study="quick"))
+    assert main(["report", str(results), "--reports", str(tmp_path / "reports")]) == 0
+    assert (tmp_path / "reports" / "quick" / "index.html").is_file()
+    study = tmp_path / "quick.toml"
+    study.write_text(f'name = "quick"\nreports = "{tmp_path / "elsewhere"}"\n')
+    assert main(["report", str(study), "--results", str(tmp_path / "results")]) == 0
+    assert (tmp_path / "elsewhere" / "README.md").is_file()
+    assert "report:" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "neither a study file"), ('name = "ghost"\n', "no results for study 'ghost'"),
+    ("model = 'x'\n", "needs a name"), ("name = [\n", "not valid TOML")])
+def test_cli_errors_say_what_is_wrong(tmp_path, capsys, content, message):
+    path = tmp_path / "study.toml"
+    if content is not None:
+        path.write_text(content)
+    assert main(["report", str(path), "--results", str(tmp_path / "none")]) == 2
+    assert message in capsys.readouterr().err
+
+
+def _browser_module():
+    spec = importlib.util.spec_from_file_location("report_browser", ROOT / "benchmarks" / "report_browser.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.skipif(_browser_module().find_browser() is None, reason="no Chromium on PATH")
+def test_report_renders_in_a_headless_browser(partial, tmp_path):
+    browser = _browser_module()
+    index, _, _ = partial
+    png = browser.screenshot(index, tmp_path / "shot.png", width=1000, height=1600)
+    stats = browser.check_png(png)
+    assert (stats["width"], stats["height"]) == (1000, 1600)
+    assert stats["ink"] > 0.02 and stats["colours"] > 20
