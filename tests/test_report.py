@@ -135,3 +135,10 @@ def test_report_renders_in_a_headless_browser(partial, tmp_path):
     stats = browser.check_png(png)
     assert (stats["width"], stats["height"]) == (1000, 1600)
     assert stats["ink"] > 0.02 and stats["colours"] > 20
+
+
+def test_a_study_with_no_records_yet_still_gets_a_report(tmp_path):
+    (tmp_path / "results" / "fresh").mkdir(parents=True)
+    index = report.write_report(tmp_path / "results" / "fresh", tmp_path / "reports")
+    markdown = index.with_name("README.md").read_text()
+    assert "- 0 trial records: none yet" in markdown and "No finished trials yet." in markdown

@@ -101,7 +101,6 @@ def _flatten(record: dict) -> dict:
     settings = dict(record.get("settings") or {})
     metrics = dict(record.get("metrics") or {})
     row = {key: record.get(key) for key in ID_COLUMNS}
-    row["error"] = record.get("error")
     for key, value in settings.items():
         if key == "op_params":
             row["op_params"] = op_params_text(value)
