@@ -183,29 +183,38 @@ def _set_child(root: nn.Module, name: str, child: nn.Module) -> None:
     setattr(parent, leaf, child)
 
 
+def _convert(layer: nn.Conv2d | nn.Linear, sparsity: float, generator: torch.Generator,
+             rescale: bool) -> DynamicConv2d | DynamicLinear:
+    dynamic = to_dynamic(layer)
+    random_mask_(dynamic, sparsity, generator)
+    if rescale and sparsity > 0:
+        with torch.no_grad():  # keep each output's variance: fan-in shrank by (1 - sparsity)
+            dynamic.weight.mul_((1.0 - sparsity) ** -0.5)
+    return dynamic
+
+
 def sparsify(module: nn.Module, sparsity: float, *, keep_dense: KeepDense = None,
-             seed: int = 0) -> nn.Module:
+             seed: int = 0, rescale: bool = False) -> nn.Module:
     """Replace Conv2d/Linear layers of `module` by dynamic ones with random masks, in place.
 
     `module` is converted in place and returned (a bare Conv2d/Linear cannot be converted in
     place: its dynamic copy is returned). `keep_dense` is a callable(name, layer) -> bool or a
     list of fnmatch patterns on dotted layer names; None applies `default_keep_dense`. Each
     converted layer gets exactly round(sparsity * numel) masked weights; the stored weights are
-    left as they are (the pruner decides what to zero). Layers that are already dynamic are kept.
+    left as they are (the pruner decides what to zero) unless `rescale`, which multiplies them by
+    1/sqrt(1 - sparsity) so a freshly initialised sparse layer keeps the dense activation scale
+    (for training from scratch; leave it off for weights taken from a teacher). Layers that are
+    already dynamic are kept.
     """
     sparsity = _check_sparsity(sparsity)
     generator = torch.Generator().manual_seed(seed)
     if isinstance(module, (nn.Conv2d, nn.Linear)):
-        layer = to_dynamic(module)
-        random_mask_(layer, sparsity, generator)
-        return layer
+        return _convert(module, sparsity, generator, rescale)
     keep = _keep_rule(module, keep_dense)
     for name, layer in list(_candidates(module)):
         if is_dynamic(layer) or keep(name, layer):
             continue
-        dynamic = to_dynamic(layer)
-        random_mask_(dynamic, sparsity, generator)
-        _set_child(module, name, dynamic)
+        _set_child(module, name, _convert(layer, sparsity, generator, rescale))
     return module
 
 

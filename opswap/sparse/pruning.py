@@ -267,9 +267,11 @@ class DSRPruner(MaskPruner):
         grow = _share(pruned, torch.tensor(survivors), torch.tensor(capacity))
         for layer, n in zip(layers, grow.tolist()):
             if n:
-                inactive = (~layer.mask).flatten().nonzero().squeeze(1)
-                chosen = inactive[torch.randperm(inactive.numel(), generator=self.generator)[:n]]
-                layer.mask.view(-1)[chosen] = True  # weights there are zero: zero-initialised regrowth
+                flat = layer.mask.flatten()  # a copy in logical order (masks may be channels_last)
+                inactive = (~flat).nonzero().squeeze(1)
+                order = torch.randperm(inactive.numel(), generator=self.generator)[:n]
+                flat[inactive[order.to(inactive.device)]] = True
+                layer.mask.copy_(flat.view_as(layer.mask))  # weights there are zero: zero-initialised regrowth
         self.enforce_masks()
         threshold_before = self.threshold
         if pruned > (1 + self.settings.tolerance) * self.target_prunes:
@@ -286,7 +288,7 @@ class DSRPruner(MaskPruner):
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         self.threshold = float(state["threshold"])
-        self.generator.set_state(state["generator"])
+        self.generator.set_state(state["generator"].cpu())
 
 
 def make_pruner(method: str, model: nn.Module, sparsity: float, total_steps: int,
