@@ -136,7 +136,7 @@ def _npz(path: Path) -> ImageData:
         return from_arrays("npz", f["x_train"], f["y_train"], f["x_test"], f["y_test"], classes)
 
 
-def _cifar_class(name: str):
+def cifar_reader(name: str):
     """torchvision's CIFAR reader, checking that the files exist rather than their md5."""
     from torchvision.datasets import CIFAR10, CIFAR100
 
@@ -152,7 +152,7 @@ def _cifar_class(name: str):
 
 
 def _cifar(name: str, root: Path) -> ImageData:
-    reader = _cifar_class(name)
+    reader = cifar_reader(name)
     probe = reader.__new__(reader)
     probe.root = str(root)
     download = not probe._check_integrity()
@@ -171,7 +171,7 @@ def _cifar(name: str, root: Path) -> ImageData:
 def write_cifar_root(root: str | os.PathLike, x_train: np.ndarray, y_train: np.ndarray,
                      x_test: np.ndarray, y_test: np.ndarray, classes, *, cifar100: bool = False) -> Path:
     """Write uint8 NHWC arrays in the original CIFAR python layout under `root`."""
-    reader = _cifar_class("cifar100" if cifar100 else "cifar10")
+    reader = cifar_reader("cifar100" if cifar100 else "cifar10")
     folder = Path(root) / reader.base_folder
     folder.mkdir(parents=True, exist_ok=True)
     label_key = "fine_labels" if cifar100 else "labels"
@@ -305,11 +305,11 @@ class Batches:
 
 def crop_flip(x: Tensor, shifts: Tensor, flips: Tensor, pad: int = 4) -> Tensor:
     """Random crop after zero padding by `pad` (offsets `shifts` in [0, 2*pad]) and flip, batched."""
-    b, _, h, w = x.shape
+    b, c, h, w = x.shape
     padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
-    rows = shifts[:, 0, None] + torch.arange(h, device=x.device)  # (B, H)
-    cols = shifts[:, 1, None] + torch.arange(w, device=x.device)  # (B, W)
+    # Two gathers (rows, then mirrored or plain columns) cost less than one 4-d advanced index.
+    rows = shifts[:, 0, None] + torch.arange(h, device=x.device)
+    padded = padded.gather(2, rows.view(b, 1, h, 1).expand(b, c, h, w + 2 * pad))
+    cols = shifts[:, 1, None] + torch.arange(w, device=x.device)
     cols = torch.where(flips[:, None], cols.flip(1), cols)
-    batch = torch.arange(b, device=x.device)[:, None, None]
-    out = padded[batch, :, rows[:, :, None], cols[:, None, :]]  # (B, H, W, C)
-    return out.permute(0, 3, 1, 2)
+    return padded.gather(3, cols.view(b, 1, 1, w).expand(b, c, h, w))
