@@ -72,7 +72,7 @@ def test_markdown_has_tables_and_figure_files(partial):
 
 
 def test_pending_trials_are_counted_from_the_study(tmp_path, monkeypatch):
-    records = paper_records(epochs=3)
+    records = [make_record(test_acc=a, seed=s) for s, a in enumerate([90.0, 91.0])]
     results = write_records(tmp_path / "r", records)
     expected = {r["trial_id"] for r in records} | {"pending00001", "pending00002"}
     monkeypatch.setattr(report, "_expected_trials", lambda study_file: (expected, ""))
@@ -99,7 +99,8 @@ def test_methods_study_gets_the_method_comparison(tmp_path):
 
 
 def test_cli_writes_the_report_from_a_results_dir_or_a_study_file(tmp_path, capsys):
-    results = write_records(tmp_path / "results" / "quick", paper_records(epochs=3, study="quick"))
+    results = write_records(tmp_path / "results" / "quick",
+                            [make_record(test_acc=90.0, study="quick")])
     assert main(["report", str(results), "--reports", str(tmp_path / "reports")]) == 0
     assert (tmp_path / "reports" / "quick" / "index.html").is_file()
     study = tmp_path / "quick.toml"

@@ -18,6 +18,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,13 @@ def _latency_ms(model, images: np.ndarray, config: TraditionalConfig) -> float:
 
 def fit_evaluate(data, *, seed: int = 0, config: TraditionalConfig = TraditionalConfig()) -> dict:
     """Fit HOG + colour features → logistic regression on `data` (ImageData); metrics dict."""
+    # One BLAS thread: the matrices are small, and extra threads only contend (≈40× slower
+    # on a busy 2-core machine).
+    with threadpool_limits(limits=1):
+        return _fit_evaluate(data, seed, config)
+
+
+def _fit_evaluate(data, seed: int, config: TraditionalConfig) -> dict:
     x_train, y_train = _numpy(data.x_train), _numpy(data.y_train).astype(int)
     x_test, y_test = _numpy(data.x_test), _numpy(data.y_test).astype(int)
     if config.max_train is not None:
