@@ -48,6 +48,7 @@ class DistillConfig:
     augment: bool = True  # random crop (pad 4) and horizontal flip, as in training
     normalize: str = "standard"  # the teacher's input scaling: standard (mean/std) | unit ([0, 1])
     final_window: float = 0.1  # distill_loss = mean loss over this last fraction of the steps
+    stop_early: bool = True  # end the teacher's forward after the deepest requested position
 
     def __post_init__(self) -> None:
         problems = []
@@ -222,10 +223,10 @@ class _StopForward(Exception):
 class _Capture:
     """Hooks that record each position's input and output during a teacher forward."""
 
-    def __init__(self, teacher: nn.Module, positions: list[Any]):
+    def __init__(self, teacher: nn.Module, positions: list[Any], stop_early: bool = True):
         self.tensors: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.handles = []
-        deepest = max(p.index for p in positions)
+        deepest = max(p.index for p in positions) if stop_early else None
         inputs: dict[int, torch.Tensor] = {}
         for pos in {p.index: p for p in positions}.values():
             block = teacher.get_submodule(pos.path)
@@ -257,7 +258,7 @@ def _train_chunk(teacher: nn.Module, data: Any, chunk: list[tuple[Any, Any]], co
                  device: torch.device, bar: Any) -> list[BankEntry]:
     """Train every pair of `chunk` in one pass over the teacher."""
     pairs = [_make_pair(pos, spec, config, device, config.steps) for pos, spec in chunk]
-    capture = _Capture(teacher, [p.position for p in pairs])
+    capture = _Capture(teacher, [p.position for p in pairs], config.stop_early)
     try:
         for x in _batches(data, config, device):
             with torch.no_grad():
