@@ -208,9 +208,10 @@ def _execute(trial: Trial, ctx: _Context) -> TrialOutcome:
         last = first + ctx.retries if ctx.retry_failed else ctx.retries + 1
         if first > last:
             return TrialOutcome(trial.trial_id, "failed", first - 1, 0.0, previous.get("error"))
-        import torch
+        if ctx.trial_fn is None or "torch" in sys.modules:  # a stand-in trial need not pay for torch
+            import torch
 
-        torch.set_num_threads(ctx.threads)
+            torch.set_num_threads(ctx.threads)
         (out_dir / "logs").mkdir(parents=True, exist_ok=True)
         handler = None
         with open(out_dir / "logs" / f"{trial.trial_id}.log", "a", encoding="utf-8") as log, \

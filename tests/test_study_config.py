@@ -1,0 +1,114 @@
+"""Study files: every broken study is rejected with a clear message before anything runs."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from opswap.cli import main as cli
+from opswap.study.config import StudyError, load_study, parse_overrides
+
+ROOT = Path(__file__).resolve().parents[1]
+BAD = sorted((ROOT / "tests" / "bad_studies").glob("*.toml"))
+BUNDLED = sorted((ROOT / "studies").glob("*.toml"))
+TINY = 'name = "tiny"\nmodel = "wrn-10-1"\ndataset = "synthetic"\n'
+
+
+def _expected(path: Path) -> str:
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("# expect: "), f"{path.name}: first line must be '# expect: <regex>'"
+    return first[len("# expect: "):]
+
+
+def test_there_are_many_kinds_of_bad_study():
+    assert len(BAD) >= 15
+
+
+@pytest.mark.parametrize("path", BAD, ids=[p.stem for p in BAD])
+def test_bad_study_is_rejected_with_a_clear_message(path):
+    with pytest.raises(StudyError) as err:
+        load_study(path)
+    message = str(err.value)
+    assert re.search(_expected(path), message), message
+    assert str(path) in message  # names the file
+
+
+@pytest.mark.parametrize("path", BAD[:: max(1, len(BAD) // 8)], ids=lambda p: p.stem)
+def test_bad_study_writes_nothing(path, tmp_path, capsys):
+    code = cli(["run", str(path), "--results", str(tmp_path / "results"), "--reports", str(tmp_path / "reports")])
+    assert code == 2
+    assert not (tmp_path / "results").exists() and not (tmp_path / "reports").exists()
+    assert "opswap run: error:" in capsys.readouterr().err
+
+
+def test_all_problems_are_reported_at_once(tmp_path):
+    path = tmp_path / "two.toml"
+    path.write_text(TINY + "epochs = [0]\nseeds = [-1]\n[run]\nbackend = \"spark\"\n")
+    with pytest.raises(StudyError) as err:
+        load_study(path)
+    message = str(err.value)
+    assert message.startswith("3 problems in the study; nothing was run:")
+    assert all(key in message for key in ("epochs:", "seeds:", "run.backend:"))
+
+
+@pytest.mark.parametrize("path", BUNDLED, ids=[p.stem for p in BUNDLED])
+def test_bundled_studies_are_valid(path):
+    study = load_study(path)
+    assert study.name == path.stem
+
+
+def test_defaults_of_a_minimal_study(tmp_path):
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY)
+    study = load_study(path)
+    assert study.positions == (1, 2, 3)  # "all" of WRN-10-1
+    assert [c.name for c in study.candidates] == ["baseline", "identity", "mbconv_e6_k3", "conv_bn_e1",
+                                                  "conv_bn_e2", "resnet_e2", "bottleneck_e2"]
+    assert (study.seeds, study.epochs, study.init, study.sparsity, study.prune) == ((0,), (1,), ("lana",), (0.0,), "none")
+    assert study.run.backend == "loky" and study.run.retries == 1 and study.teacher.train
+
+
+@pytest.mark.parametrize("item, expected", [
+    ("epochs=[1, 2]", ("epochs", [1, 2])),
+    ("train.lr=0.05", ("train.lr", 0.05)),
+    ("dataset=npz", ("dataset", "npz")),
+    ("data=/tmp/x.npz", ("data", "/tmp/x.npz")),
+    ('init=["lana", "random"]', ("init", ["lana", "random"])),
+    ("teacher.train=false", ("teacher.train", False)),
+    ("positions=all", ("positions", "all")),
+])
+def test_overrides_are_typed_like_toml(item, expected):
+    assert parse_overrides([item]) == [expected]
+
+
+@pytest.mark.parametrize("item", ["epochs", "=3", "a..b=1", "train lr=1"])
+def test_malformed_override_is_rejected(item):
+    with pytest.raises(StudyError, match="expected key=value"):
+        parse_overrides([item])
+
+
+def test_overrides_apply_before_validation(tmp_path):
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY)
+    study = load_study(path, ["epochs=3", "seeds=[4, 5]", "train.lr=0.05", "positions=[2]", "run.workers=3"])
+    assert (study.epochs, study.seeds, study.positions, study.run.workers) == ((3,), (4, 5), (2,), 3)
+    assert study.train == {"lr": 0.05}
+    with pytest.raises(StudyError, match=r"epochs: \[-2\] is not allowed"):
+        load_study(path, ["epochs=-2"])
+    with pytest.raises(StudyError, match="seedz: unknown key. Did you mean 'seeds'"):
+        load_study(path, ["seedz=[1]"])
+
+
+def test_teacher_checkpoint_replaces_training(tmp_path):
+    ckpt = tmp_path / "teacher.safetensors"
+    ckpt.write_bytes(b"0")
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY + f'[teacher]\ncheckpoint = "{ckpt}"\n')
+    study = load_study(path)
+    assert study.teacher.checkpoint == str(ckpt) and study.teacher.train is False
+
+
+def test_missing_study_file(tmp_path):
+    with pytest.raises(StudyError, match="no such study file"):
+        load_study(tmp_path / "nope.toml")
