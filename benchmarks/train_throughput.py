@@ -12,6 +12,7 @@ warm-up; the figure is training images per second (evaluation excluded).
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
 from dataclasses import replace
@@ -79,28 +80,33 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--compile", action="store_true", help="torch.compile in the engine")
-    p.add_argument("--quick", action="store_true", help="3 steps of batch 64, for a smoke test")
+    p.add_argument("--repeats", type=int, default=3, help="interleaved repeats; medians are printed")
+    p.add_argument("--quick", action="store_true", help="3 steps of batch 64, one repeat, for a smoke test")
     args = p.parse_args(argv)
     device = resolve_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     steps = 3 if args.quick else args.steps or (100 if device.type == "cuda" else 10)
     batch = 64 if args.quick else args.batch_size
+    repeats = 1 if args.quick else args.repeats
     n = steps * batch
     data = load_dataset("npz", args.data) if args.data else synthetic(max(n, 1000), batch)
     if len(data.y_train) < n:
         raise SystemExit(f"{len(data.y_train)} training images < steps × batch = {n}; lower --steps")
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
-    print(f"device: {name}; {steps} timed steps of batch {batch} per loop after a warm-up of the same; "
-          f"reference: {args.workers} DataLoader workers, fp32")
+    print(f"device: {name}; {steps} timed steps of batch {batch} per loop after a warm-up of the same, "
+          f"median of {repeats} interleaved repeats; reference: {args.workers} DataLoader workers, fp32")
     print(f"{'model':<10} {'engine img/s':>13} {'reference img/s':>16} {'ratio':>7} {'s per 50k epoch':>16}")
     with tempfile.TemporaryDirectory() as root:
         x = lambda t: t[:n].permute(0, 2, 3, 1).numpy()
         write_cifar_root(root, x(data.x_train), data.y_train[:n].numpy(), x(data.x_test),
                          data.y_test[:n].numpy(), data.classes)
         for model_name in args.models.split(","):
-            ref = reference_images_per_s(model_name, root, data, steps, batch, device, args.workers)
-            eng = engine_images_per_s(model_name, data, steps, batch, device, args.compile)
+            refs, engs = [], []
+            for _ in range(repeats):  # interleaved, so a change in machine load hits both loops
+                refs.append(reference_images_per_s(model_name, root, data, steps, batch, device, args.workers))
+                engs.append(engine_images_per_s(model_name, data, steps, batch, device, args.compile))
+            ref, eng = statistics.median(refs), statistics.median(engs)
             print(f"{model_name:<10} {eng:13.0f} {ref:16.0f} {eng / ref:6.2f}x {50000 / eng:16.1f}", flush=True)
     return 0
 

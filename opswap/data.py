@@ -289,15 +289,15 @@ class Batches:
         n = len(self.x)
         order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
         if self.augment:  # drawn on the CPU generator so every device sees the same batches
-            shifts = torch.randint(0, 9, (n, 2), generator=self.generator)
-            flips = torch.rand(n, generator=self.generator) < 0.5
+            shifts = torch.randint(0, 9, (n, 2), generator=self.generator).to(self.device)
+            flips = (torch.rand(n, generator=self.generator) < 0.5).to(self.device)
         order = order.to(self.device)
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             idx = order[start:start + self.batch_size]
             x = self.x[idx]
             if self.augment:
                 sl = slice(start, start + len(idx))
-                x = crop_flip(x, shifts[sl].to(self.device), flips[sl].to(self.device))
+                x = crop_flip(x, shifts[sl], flips[sl])
             fmt = torch.channels_last if self.channels_last else torch.contiguous_format
             x = (x.float() * self.scale + self.shift).contiguous(memory_format=fmt)
             yield x, self.y[idx]

@@ -281,9 +281,8 @@ def evaluate(model: nn.Module, data: ImageData, split: str = "test", *, batch_si
     device = resolve_device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()
-    fmt = device.type == "cuda" and next(model.parameters()).is_contiguous(memory_format=torch.channels_last)
     batches = Batches(x, y, batch_size, mean=data.mean, std=data.std, normalize=normalize,
-                      device=device, channels_last=fmt)
+                      device=device, channels_last=device.type == "cuda")
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     preds = []
     for xb, yb in batches:

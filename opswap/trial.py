@@ -90,12 +90,15 @@ def _build(settings: dict, num_classes: int, teacher: str | None, bank: str | No
     extra = {"distill_loss": None, "replace1_acc": None}
     if init == "scratch":
         model = opswap.build_model(settings["model"], num_classes=num_classes)
-        return (opswap.swap(model, {position: op}) if position else model), extra
+        return (opswap.swap(model, {position: op}) if position and op != "baseline" else model), extra
+    if init == "teacher" and op != "baseline":
+        raise ValueError(f"init 'teacher' trains the unmodified teacher; op {op!r} at position {position} "
+                         "needs init 'lana' (weight bank) or 'random'")
     if teacher is None:
         raise ValueError(f"init {init!r} needs a teacher checkpoint (safetensors); none was given")
     base = load_weights(opswap.build_model(settings["model"], num_classes=num_classes), teacher)
-    if position is None or init == "teacher":
-        return (opswap.swap(base, {position: op}) if position else base), extra
+    if init == "teacher" or position is None:
+        return base, extra
     if init == "random":
         return opswap.swap(base, {position: op}), extra
     if bank is None:

@@ -120,6 +120,16 @@ def test_teacher_then_random_init_at_a_position(tmp_path, npz):
     assert record["metrics"]["op_params_count"] > 0 and record["metrics"]["distill_loss"] is None
     missing = run_trial(settings, trial_id="m" * 12, study="t")
     assert missing["status"] == "failed" and "teacher" in missing["error"]
+    plain = run_trial({**settings, "init": "teacher"}, trial_id="p" * 12, study="t", teacher=str(weights))
+    assert plain["status"] == "failed" and "init 'lana'" in plain["error"]
+    same = run_trial(quick(npz, model="wrn-10-1", init="teacher", lr=1e-12, save_weights=True),
+                     trial_id="s" * 12, study="t", teacher=str(weights), out_dir=tmp_path / "again")
+    assert same["status"] == "ok", same["error"]
+    from safetensors.torch import load_file
+
+    before, after = load_file(str(weights)), load_file(str(tmp_path / "again" / ("s" * 12 + ".safetensors")))
+    convs = [k for k in before if "conv" in k and k.endswith("weight")]
+    assert convs and all(torch.allclose(before[k], after[k], atol=1e-8) for k in convs)  # the teacher's
 
 
 def test_sparse_whole_model(npz):
