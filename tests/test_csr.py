@@ -10,13 +10,15 @@ from opswap.sparse import (SparseConv2d, SparseLinear, dynamic_layers, export_cs
                            make_pruner, sparsify, sparsity_report, to_sparse_inference)
 
 
-def _trained_tfcnn(sparsity: float = 0.9):
+@pytest.fixture(scope="module")
+def trained_tfcnn():
+    """A tf-cnn after a few DSR steps (shared: tests must not modify it)."""
     from opswap.models import build_model
 
     torch.manual_seed(0)
-    model = sparsify(build_model("tf-cnn"), sparsity)
+    model = sparsify(build_model("tf-cnn"), 0.9)
     opt = torch.optim.Adam(model.parameters(), 1e-3)
-    pruner = make_pruner("dsr", model, sparsity, 10, period=3)
+    pruner = make_pruner("dsr", model, 0.9, 10, period=3)
     pruner.before_training(model, opt)
     x, y = torch.rand(16, 3, 32, 32), torch.randint(0, 10, (16,))
     for step in range(1, 7):  # regrowth leaves active weights that are exactly zero
@@ -24,13 +26,15 @@ def _trained_tfcnn(sparsity: float = 0.9):
         nn.functional.cross_entropy(model(x), y).backward()
         opt.step()
         pruner.after_step(step)
-    return model.eval()
+    model.eval()
+    assert any(((l.weight == 0) & l.mask).any() for _, l in dynamic_layers(model))
+    return model
 
 
-def test_round_trip_is_exact_including_masks(tmp_path):
+def test_round_trip_is_exact_including_masks(tmp_path, trained_tfcnn):
     from opswap.models import build_model
 
-    model = _trained_tfcnn()
+    model = trained_tfcnn
     path = tmp_path / "model.safetensors"
     export_csr(model, path)
     restored = load_csr(path, build_model("tf-cnn")).eval()
@@ -42,8 +46,8 @@ def test_round_trip_is_exact_including_masks(tmp_path):
     assert sparsity_report(restored) == sparsity_report(model)
 
 
-def test_file_holds_int32_csr_arrays_without_oversized_storage(tmp_path):
-    model = _trained_tfcnn()
+def test_file_holds_int32_csr_arrays_without_oversized_storage(tmp_path, trained_tfcnn):
+    model = trained_tfcnn
     path = tmp_path / "model.safetensors"
     size = export_csr(model, path)
     with safe_open(str(path), framework="pt") as f:
@@ -69,17 +73,17 @@ def test_csr_bytes_match_the_design_ratio(sparsity, ratio):
     assert report["csr_bytes"] / report["dense_bytes"] == pytest.approx(ratio, abs=0.002)
 
 
-def test_load_refuses_a_file_of_another_architecture(tmp_path):
+def test_load_refuses_a_file_of_another_architecture(tmp_path, trained_tfcnn):
     from opswap.models import build_model
 
     path = tmp_path / "model.safetensors"
-    export_csr(_trained_tfcnn(), path)
+    export_csr(trained_tfcnn, path)
     with pytest.raises(ValueError, match="does not exist in the model|shape"):
         load_csr(path, build_model("wrn-10-1"))
 
 
-def test_sparse_inference_equals_dense_for_tfcnn():
-    model = _trained_tfcnn()
+def test_sparse_inference_equals_dense_for_tfcnn(trained_tfcnn):
+    model = trained_tfcnn
     sparse = to_sparse_inference(model)
     assert isinstance(sparse.features[3], SparseConv2d) and isinstance(sparse.classifier[1], SparseLinear)
     x = torch.rand(8, 3, 32, 32)
@@ -111,13 +115,13 @@ def test_sparse_linear_equals_dense_on_any_leading_shape():
         torch.testing.assert_close(to_sparse_inference(layer)(x), layer(x), rtol=0, atol=1e-5)
 
 
-def test_export_csr_command(tmp_path, capsys):
+def test_export_csr_command(tmp_path, capsys, trained_tfcnn):
     from safetensors.torch import save_file
 
     from opswap.cli import main
     from opswap.models import build_model
 
-    model = _trained_tfcnn()
+    model = trained_tfcnn
     weights = tmp_path / "trial.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
     out = tmp_path / "trial.csr.safetensors"

@@ -116,11 +116,11 @@ def test_regrown_weights_start_at_zero_after_training():
 def test_an_optimiser_step_never_resurrects_a_pruned_weight(optimizer, method):
     net = _net(0.8)
     opt = optimizer(net.parameters())
-    pruner = make_pruner(method, net, 0.8, 40, period=7) if method in ("dsr", "gradual") \
-        else make_pruner(method, net, 0.8, 40)
+    pruner = make_pruner(method, net, 0.8, 16, period=4) if method in ("dsr", "gradual") \
+        else make_pruner(method, net, 0.8, 16)
     pruner.before_training(net, opt)
     x, y = _batch()
-    for step in range(1, 41):
+    for step in range(1, 17):
         opt.zero_grad()
         F.cross_entropy(net(x), y).backward()
         masks = [layer.mask.clone() for _, layer in dynamic_layers(net)]

@@ -38,12 +38,12 @@ def _csr_tensor(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, siz
 
 def _csr_arrays(layer: DynamicConv2d | DynamicLinear) -> dict[str, torch.Tensor]:
     """The layer's masked weight as (crow, col, values), rows = output channels; arrays are fresh."""
-    mask = layer.mask.reshape(layer.mask.shape[0], -1)
-    weight = layer.weight.detach().reshape(mask.shape)
+    mask = layer.mask.detach().cpu().reshape(layer.mask.shape[0], -1)
+    weight = layer.weight.detach().cpu().reshape(mask.shape)
     crow = torch.zeros(mask.shape[0] + 1, dtype=torch.int32)
     crow[1:] = mask.sum(1).cumsum(0)
     col = mask.nonzero()[:, 1].to(torch.int32)
-    return {"crow_indices": crow, "col_indices": col, "values": weight[mask].float().cpu()}
+    return {"crow_indices": crow, "col_indices": col, "values": weight[mask].float()}
 
 
 def export_csr(model: nn.Module, path: str | Path) -> int:
