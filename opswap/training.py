@@ -173,6 +173,11 @@ def train(model: nn.Module, data: ImageData, config: TrainConfig, *, device=None
     start_epoch, step = 0, 0
     if resume and checkpoint and Path(checkpoint).is_file():
         state = load_checkpoint(checkpoint, model, optimizer, pruner, device=device)
+        saved = state.get("config") or config.to_dict()
+        changed = {k: (saved.get(k), v) for k, v in config.to_dict().items() if saved.get(k) != v}
+        if changed:
+            raise ValueError(f"cannot resume from {checkpoint}: it was written with other settings "
+                             + ", ".join(f"{k} {a!r} (now {b!r})" for k, (a, b) in changed.items()))
         start_epoch, step, history = state["epoch"], state["step"], state["history"]
         batches.generator.set_state(state["data_rng"])
         torch.set_rng_state(state["torch_rng"])

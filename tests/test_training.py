@@ -1,5 +1,6 @@
 """The one train(): configuration, schedules, determinism, divergence, checkpoints, evaluation."""
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -139,6 +140,8 @@ def test_checkpoint_resume_continues_exactly(tmp_path, data):
     assert untimed(resumed.history) == untimed(full.history)
     for (k, a), b in zip(straight.state_dict().items(), resumed_model.state_dict().values()):
         assert torch.equal(a, b), k
+    with pytest.raises(ValueError, match="lr 0.05 \\(now 0.1\\)"):
+        train(tiny(), data, replace(config, lr=0.1), checkpoint=ckpt, resume=True)
 
 
 def test_weights_round_trip_and_mismatch_error(tmp_path):
@@ -175,8 +178,6 @@ def test_evaluate_accuracy_loss_and_per_class(data):
 
 
 def test_validation_split_is_what_epochs_watch(data):
-    from dataclasses import replace
-
     held = replace(data, x_train=data.x_train[:120], y_train=data.y_train[:120],
                    x_val=data.x_train[120:], y_val=data.y_train[120:])
     result = train(tiny(), held, TrainConfig(epochs=2, batch_size=40), eval_split="val")
