@@ -281,7 +281,7 @@ def test_to_frame_has_one_row_per_entry(small_bank):
     frame = small_bank.to_frame()
     assert list(frame["op"]) == ["baseline", "identity", "mbconv_e6_k3", "conv_bn_e1"]
     assert list(frame["position"]) == [1, 1, 2, 3]
-    assert frame.loc[1, "params"] == 0 and frame.loc[0, "params"] == sum(
+    assert frame.loc[1, "param_count"] == 0 and frame.loc[0, "param_count"] == sum(
         p.numel() for p in opswap.create_op("baseline", 16, 16, 1).parameters())
 
 

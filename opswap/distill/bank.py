@@ -143,14 +143,15 @@ class WeightBank:
                           settings=settings, model=self.model or other.model)
 
     def to_frame(self):
-        """One row per entry: position, op, family, params, scores (a pandas DataFrame)."""
+        """One row per entry: position, op, family, op_params, param_count, scores (a pandas DataFrame)."""
         import pandas as pd
 
         rows = [{"position": e.position, "op": e.op, "family": e.family,
-                 "op_params": json.dumps(e.params, sort_keys=True), "params": e.num_params,
+                 "op_params": json.dumps(e.params, sort_keys=True), "param_count": e.num_params,
                  "distill_loss": e.distill_loss, "replace1_acc": e.replace1_acc, "steps": e.steps}
                 for e in self]
-        columns = ["position", "op", "family", "op_params", "params", "distill_loss", "replace1_acc", "steps"]
+        columns = ["position", "op", "family", "op_params", "param_count", "distill_loss", "replace1_acc",
+                   "steps"]
         frame = pd.DataFrame(rows, columns=columns)
         return frame.astype({"replace1_acc": "float64", "distill_loss": "float64"})
 

@@ -81,7 +81,7 @@ def distill_main(args: argparse.Namespace) -> int:
         replace1_accuracy(teacher, bank, data, split=args.split, device=args.device,
                           progress=not args.no_progress)
     bank.save(out)
-    frame = bank.to_frame()[["position", "op", "params", "distill_loss", "replace1_acc"]]
+    frame = bank.to_frame()[["position", "op", "param_count", "distill_loss", "replace1_acc"]]
     print(frame.to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep="-"))
     print(f"wrote {len(bank)} pairs to {out}")
     return 0

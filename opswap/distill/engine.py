@@ -95,41 +95,32 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 def valid_pairs(model: nn.Module, positions: Iterable[int] | str = "all",
                 ops: Iterable[Any] | str = "all") -> list[tuple[int, str]]:
-    """Every (position, canonical op) that fits; `"all"` ops means the study's seven candidates.
+    """Every (position, canonical op) that fits; `"all"` ops: the seven candidates plus users' ops.
 
     With `"all"`, ops that cannot fit a position (identity where the shape changes) are left
     out; an op named explicitly that does not fit is an error.
     """
-    from opswap.ops import DEFAULT_CANDIDATES, parse_op
+    import opswap
+    from opswap.ops import OpError, create_op, parse_op
 
     table = _position_table(model)
     wanted = list(table) if positions == "all" else [int(p) for p in positions]
     bad = [p for p in wanted if p not in table]
     if bad:
         raise ValueError(f"position(s) {bad} do not exist; this model has positions 1..{len(table)}")
-    names = [parse_op(o).name for o in (DEFAULT_CANDIDATES if ops == "all" else ops)]
+    if ops == "all":
+        return [(p, name) for p in wanted for name in opswap.valid_ops(model, p)]
+    names = [parse_op(o).name for o in ops]
     out = []
     for p in wanted:
+        pos = table[p]
         for name in names:
-            if _fits(model, p, name):
-                out.append((p, name))
-            elif ops != "all":
-                pos = table[p]
-                raise ValueError(f"op {name!r} does not fit position {p} ({pos.c_in}→{pos.c_out} "
-                                 f"channels, stride {pos.stride})")
+            try:
+                create_op(name, pos.c_in, pos.c_out, pos.stride)
+            except OpError as err:
+                raise ValueError(f"op {name!r} does not fit position {p}: {err}") from None
+            out.append((p, name))
     return out
-
-
-def _fits(model: nn.Module, position: int, name: str) -> bool:
-    """Whether `name` (maybe with non-default parameters) builds at `position`."""
-    from opswap.ops import OpError, create_op
-
-    pos = _position_table(model)[position]
-    try:
-        create_op(name, pos.c_in, pos.c_out, pos.stride)
-    except OpError:
-        return False
-    return True
 
 
 def _position_table(model: nn.Module) -> dict[int, Any]:
