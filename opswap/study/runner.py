@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from opswap.study.claims import try_claim
 from opswap.study.config import BACKENDS, Study, load_study
 from opswap.study.execute import (DONE, RunSummary, TrialFn, read_record, record_path, resolve_devices,
                                   run_trials, trial_state)
@@ -110,8 +111,24 @@ def prepare_bank(study: Study, expansion: Expansion, teacher: str | None, result
     key = hashlib.sha256(json.dumps({"teacher": _sha256(Path(teacher)), "pairs": pairs, "distill": study.distill,
                                      "dataset": study.dataset, "data": study.data},
                                     sort_keys=True, default=str).encode()).hexdigest()[:16]
-    if path.is_file() and key_file.is_file() and key_file.read_text().strip() == key:
-        return str(path)
+
+    def current() -> bool:
+        return path.is_file() and key_file.is_file() and key_file.read_text().strip() == key
+
+    # One runner builds the bank; others on the same results folder wait for it.
+    while not current():
+        claim = try_claim(results_dir / "claims", "bank", stale_after=study.run.stale_after)
+        if claim is None:
+            time.sleep(2.0)
+            continue
+        with claim:
+            if not current():
+                _build_bank(study, pairs, teacher, path, key_file, key, device, progress)
+    return str(path)
+
+
+def _build_bank(study: Study, pairs: list[tuple[int, str]], teacher: str, path: Path, key_file: Path, key: str,
+                device: str | None, progress: bool) -> None:
     import torch
 
     from opswap import load_dataset
@@ -129,9 +146,10 @@ def prepare_bank(study: Study, expansion: Expansion, teacher: str | None, result
     replace1_accuracy(model, bank, data, device=device, progress=progress)
     key_file.unlink(missing_ok=True)
     bank.save(path)
-    key_file.write_text(key + "\n")
+    tmp = key_file.with_name(f".bank.key.{os.getpid()}")
+    tmp.write_text(key + "\n")
+    os.replace(tmp, key_file)
     _say(f"bank: {len(pairs)} pairs in {time.perf_counter() - t0:.0f} s → {path}")
-    return str(path)
 
 
 def write_summary(study: Study, expansion: Expansion, results_dir: Path) -> str | None:
