@@ -203,3 +203,63 @@ def test_two_concurrent_runners_never_duplicate_a_trial(tmp_path):
     starts = Counter(t for t, e in _events(tmp_path) if e == "start")
     assert starts == Counter({f"t{i:02d}": 1 for i in range(10)})
     assert all(read_record(tmp_path, f"t{i:02d}")["status"] == "ok" for i in range(10))
+
+
+# -- stages and status ---------------------------------------------------------------------------
+
+SMALL = """name = "small"
+model = "wrn-10-1"
+dataset = "synthetic"
+positions = [3]
+candidates = ["baseline", "conv_bn_e1"]
+init = ["scratch"]
+data_fraction = [0.04]
+[train]
+batch_size = 50
+[run]
+workers = 2
+"""
+
+
+def test_status_counts_and_time_left(tmp_path, capsys):
+    from opswap.cli import main as cli
+    from opswap.study.config import load_study
+    from opswap.study.expand import expand_study
+
+    path = tmp_path / "small.toml"
+    path.write_text(SMALL.replace('["baseline", "conv_bn_e1"]', '["conv_bn_e1", "conv_bn_e2", "resnet_e2"]'))
+    trials = expand_study(load_study(path)).trials
+    assert len(trials) == 4
+    root = tmp_path / "results" / "small"
+    root.mkdir(parents=True)
+    for t, status, attempt in [(trials[0], "ok", 1), (trials[1], "failed", 2)]:
+        write_json_atomic(root / f"{t.trial_id}.json", {"trial_id": t.trial_id, "status": status, "attempt": attempt,
+                                                        "timing": {"seconds": 300.0}})
+    claim = try_claim(root / "claims", trials[2].trial_id)
+    assert cli(["status", str(path), "--results", str(tmp_path / "results")]) == 0
+    out = capsys.readouterr().out
+    claim.release()
+    assert "4 trials — 1 done, 1 running, 1 failed, 1 pending" in out
+    # mean 5 min; (1 pending + half of 1 running) / 2 workers → 3m45s
+    assert "mean trial 5m00s; about 3m45s left" in out
+
+
+@pytest.mark.slow
+def test_real_trials_end_to_end(tmp_path):
+    from opswap.study.config import load_study
+    from opswap.study.runner import run_study
+
+    path = tmp_path / "small.toml"
+    path.write_text(SMALL)
+    study = load_study(path)
+    run = run_study(study, results_dir=tmp_path / "results", progress=False, report=False)
+    root = tmp_path / "results" / "small"
+    assert run.summary.counts == {"ok": 2} and run.teacher is None and run.bank is None
+    records = [read_record(root, t.trial_id) for t in run.expansion.trials]
+    assert [(r["settings"]["op"], r["settings"]["position"]) for r in records] == [("baseline", None),
+                                                                                  ("conv_bn_e1", 3)]
+    assert all(r["status"] == "ok" and 0 <= r["metrics"]["test_acc"] <= 100 and len(r["history"]) == 1
+               for r in records)
+    assert (root / "summary.csv").read_text().count("\n") == 3
+    assert all((root / "logs" / f"{t.trial_id}.log").exists() for t in run.expansion.trials)
+    assert run_study(study, results_dir=tmp_path / "results", progress=False, report=False).summary.counts == {}
