@@ -119,7 +119,7 @@ def predictor_scatter(frame: pd.DataFrame, target: str = "test_acc", *,
         sns.scatterplot(data=data, x=predictor, y=target, hue="op_family", style="epochs",
                         ax=ax, legend=ax is axes[0], s=40)
         rho = table[(table["predictor"] == predictor) & (table["method"] == "spearman")]
-        parts = [f"{r.epochs} ep: ρ={r.statistic:.2f} (p={r.p_value:.2g}, n={r.n})"
+        parts = [f"{r.epochs} ep: ρ={r.statistic:.2f} (p{_p_text(r.p_value)}, n={r.n})"
                  for r in rho.itertuples()
                  if not math.isnan(r.statistic)]
         ax.set_title("; ".join(parts) or "ρ: n/a", fontsize=8)
@@ -132,6 +132,10 @@ def predictor_scatter(frame: pd.DataFrame, target: str = "test_acc", *,
     if axes[0].get_legend() is not None:
         sns.move_legend(axes[0], "best", fontsize=7)
     return figure
+
+
+def _p_text(p: float) -> str:
+    return "<1e-16" if p < 1e-16 else f"={p:.2g}"
 
 
 def method_comparison(frame: pd.DataFrame) -> Figure:

@@ -149,6 +149,7 @@ def format_predictability(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
             cell += f" [{row['ci_low']:.2f}, {row['ci_high']:.2f}]"
         text.append(cell)
     out["statistic"] = text
-    out["p"] = ["—" if math.isnan(p) else f"{p:.2g}" for p in table["p_value"]]
+    out["p"] = ["—" if math.isnan(p) else "< 1e-16" if p < 1e-16 else f"{p:.2g}"
+                for p in table["p_value"]]
     out["note"] = table["note"].to_numpy()
     return out.reset_index(drop=True)

@@ -228,10 +228,10 @@ def _si(value: float, unit: str) -> str:
 
 
 def format_complexity(table: pd.DataFrame) -> pd.DataFrame:
-    """Readable text for `complexity_table`: thousands separators, M MACs, ms, %, bytes."""
+    """Readable text for `complexity_table`: thousands separators, millions of MACs, ms, %, bytes."""
     formats = {
         "params": lambda v: f"{int(v):,}", "op_params_count": lambda v: f"{int(v):,}",
-        "macs": lambda v: _si(v, "MACs"), "op_macs": lambda v: _si(v, "MACs"),
+        "macs": lambda v: f"{v / 1e6:.4g} M", "op_macs": lambda v: f"{v / 1e6:.4g} M",
         "latency_ms_b1": lambda v: f"{v:.2f} ms", "measured_sparsity": lambda v: f"{100 * v:.1f} %",
         "dense_bytes": lambda v: _si(v, "B"), "csr_bytes": lambda v: _si(v, "B"),
     }
