@@ -102,6 +102,13 @@ def _sections(frame: pd.DataFrame, history: pd.DataFrame, *, study: str, results
     if study_file is not None:
         sections["Settings"].append(Block("pre", study_file.read_text(encoding="utf-8"),
                                           f"study file {study_file}"))
+    teacher_dir = results_dir / "teacher"
+    if teacher_dir.is_dir():
+        teacher = load_results(teacher_dir)
+        if len(teacher):
+            columns = ["trial_id", "status", "model", "init", "seed", "epochs", "test_acc", "seconds"]
+            sections["Settings"].append(Block("table", teacher[columns],
+                                              "the teacher (trained once, not a compared trial)"))
     results = []
     for epochs, table in tables.paper_tables(frame).items():
         results.append(Block("table", table, f"test accuracy (%), {epochs} epochs"))

@@ -138,8 +138,11 @@ def test_report_renders_in_a_headless_browser(partial, tmp_path):
     assert stats["ink"] > 0.02 and stats["colours"] > 20
 
 
-def test_a_study_with_no_records_yet_still_gets_a_report(tmp_path):
-    (tmp_path / "results" / "fresh").mkdir(parents=True)
-    index = report.write_report(tmp_path / "results" / "fresh", tmp_path / "reports")
+def test_a_study_with_only_its_teacher_done_still_gets_a_report(tmp_path):
+    results = tmp_path / "results" / "fresh"
+    write_records(results / "teacher", [make_record(test_acc=54.0, init="scratch", epochs=3)])
+    index = report.write_report(results, tmp_path / "reports")
     markdown = index.with_name("README.md").read_text()
     assert "- 0 trial records: none yet" in markdown and "No finished trials yet." in markdown
+    assert "**the teacher (trained once, not a compared trial)**" in markdown
+    assert "| ok | wrn-16-1 | scratch | 0 | 3 | 54 | 60 |" in markdown
