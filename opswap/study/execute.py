@@ -20,7 +20,6 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 from opswap.study.claims import claim_is_live, read_claim, try_claim, write_json_atomic
 from opswap.study.expand import Trial

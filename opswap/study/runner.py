@@ -13,14 +13,14 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from opswap.study.claims import try_claim
 from opswap.study.config import BACKENDS, Study, load_study
-from opswap.study.execute import (DONE, RunSummary, TrialFn, read_record, record_path, resolve_devices,
+from opswap.study.execute import (RunSummary, TrialFn, read_record, record_path, resolve_devices,
                                   run_trials, trial_state)
 from opswap.study.expand import Expansion, Trial, expand_study, teacher_settings
 
@@ -182,10 +182,14 @@ def run_study(study: Study, *, results_dir: str | Path = "results", trial_fn: Tr
     root.mkdir(parents=True, exist_ok=True)
     teacher = prepare_teacher(study, root, trial_fn=trial_fn, devices=run.devices, progress=progress)
     bank = prepare_bank(study, expansion, teacher, root, progress=progress)
-    summary = run_trials(expansion.trials, study=study.name, out_dir=root, trial_fn=trial_fn, workers=run.workers,
-                         backend=run.backend, address=run.address, devices=run.devices, retries=run.retries,
-                         retry_failed=retry_failed, stale_after=run.stale_after, teacher=teacher, bank=bank,
-                         progress=progress)
+    try:
+        summary = run_trials(expansion.trials, study=study.name, out_dir=root, trial_fn=trial_fn,
+                             workers=run.workers, backend=run.backend, address=run.address, devices=run.devices,
+                             retries=run.retries, retry_failed=retry_failed, stale_after=run.stale_after,
+                             teacher=teacher, bank=bank, progress=progress)
+    except KeyboardInterrupt:
+        _say(f"\n{study.name}: interrupted; finished trials are kept, run the same command again to finish the rest")
+        raise
     csv = write_summary(study, expansion, root)
     counts = ", ".join(f"{n} {k}" for k, n in sorted(summary.counts.items())) or "nothing to run"
     _say(f"{study.name}: {counts}; records in {root}" + (f", summary {csv}" if csv else ""))
@@ -196,8 +200,11 @@ def run_study(study: Study, *, results_dir: str | Path = "results", trial_fn: Tr
         except ImportError as err:
             _say(f"report skipped: {err}")
         else:
-            written = write_report(root, reports_dir, study=study.name)
-            _say(f"report: {written}")
+            try:
+                written = write_report(root, reports_dir, study=study.name, study_file=study.path)
+                _say(f"report: {written}")
+            except Exception as err:  # the trials are done; a report can be written later
+                _say(f"report failed ({type(err).__name__}: {err}); retry with: opswap report {study.path}")
     return StudyRun(study.name, str(root), expansion, summary, teacher, bank, csv,
                     str(written) if written else None)
 
