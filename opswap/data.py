@@ -211,7 +211,7 @@ def _folder(root: Path) -> ImageData:
     return from_arrays("folder", xtr, ytr, xte, yte, train.classes)
 
 
-def synthetic(n_train: int = 5000, n_test: int = 1000, *, num_classes: int = 10, noise: float = 0.12,
+def synthetic(n_train: int = 5000, n_test: int = 1000, *, num_classes: int = 10, noise: float = 0.1,
               seed: int = 1234) -> ImageData:
     """Oriented, coloured gratings under a soft window on a random background, one class each.
 
@@ -225,19 +225,19 @@ def synthetic(n_train: int = 5000, n_test: int = 1000, *, num_classes: int = 10,
     n_freq = 2 if num_classes % 2 == 0 else 1
     n_orient = num_classes // n_freq
     orient = np.arange(num_classes) % n_orient * np.pi / n_orient
-    freq = np.where(np.arange(num_classes) // n_orient == 0, 3.0, 6.0)
+    freq = np.where(np.arange(num_classes) // n_orient == 0, 4.0, 8.0)
 
     def make(n: int) -> tuple[np.ndarray, np.ndarray]:
         y = np.arange(n) % num_classes
         rng.shuffle(y)
         g = np.linspace(0.0, 1.0, 32, dtype=np.float32)
         yy, xx = np.meshgrid(g, g, indexing="ij")
-        theta = orient[y] + rng.normal(0, 0.06, n)
+        theta = orient[y] + rng.normal(0, 0.05, n)
         f = freq[y] * rng.uniform(0.85, 1.15, n)
         phase = rng.uniform(0, 2 * np.pi, n)
         cy, cx = rng.uniform(0.25, 0.75, (2, n))
-        width = rng.uniform(0.15, 0.35, n)
-        contrast = rng.uniform(0.2, 0.45, n)
+        width = rng.uniform(0.2, 0.4, n)
+        contrast = rng.uniform(0.3, 0.6, n)
         colour = rng.uniform(-1, 1, (n, 3))
         colour /= np.linalg.norm(colour, axis=1, keepdims=True) + 1e-6
         s = lambda a: a[:, None, None].astype(np.float32)

@@ -131,3 +131,23 @@ def test_cifar10_mini_loads(cifar10_mini):
     data = load_dataset("npz", cifar10_mini)
     assert data.x_train.shape == (4660, 3, 32, 32) and len(data.y_test) == 846
     assert data.classes[0] == "airplane" and data.num_classes == 10
+
+
+def test_synthetic_is_learnable_and_rewards_capacity():
+    from torch import nn
+
+    from opswap.training import TrainConfig, train
+
+    def cnn(widths):
+        torch.manual_seed(0)
+        layers, c_in = [], 3
+        for w in widths:
+            layers += [nn.Conv2d(c_in, w, 3, padding=1), nn.BatchNorm2d(w), nn.ReLU(), nn.MaxPool2d(2)]
+            c_in = w
+        return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, 10))
+
+    data = synthetic(2000, 400)
+    config = TrainConfig(epochs=1, batch_size=64, optimizer="adam", lr=3e-3)
+    small = train(cnn([4, 8]), data, config).metrics["test_acc"]
+    larger = train(cnn([8, 16, 32]), data, config).metrics["test_acc"]
+    assert small > 20.0 and larger > small + 3.0  # chance is 10 %
