@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from opswap.data import DATASETS
 from opswap.distill.apply import load_teacher, replace1_accuracy
 from opswap.distill.bank import WeightBank
 from opswap.distill.engine import DistillConfig, distill_bank, valid_pairs
@@ -18,10 +19,10 @@ def add_distill_arguments(parser: argparse.ArgumentParser) -> None:
     p = parser.add_argument
     p("--teacher", required=True, metavar="CKPT", help="teacher checkpoint (safetensors)")
     p("--model", required=True, metavar="M", help="the teacher's model name, e.g. wrn-40-2")
-    p("--dataset", required=True, metavar="D", help="cifar10, cifar100, synthetic, npz or folder")
+    p("--dataset", required=True, choices=DATASETS, help="the dataset the teacher was trained on")
     p("--data", metavar="PATH", help="dataset root or file, where the dataset needs one")
     p("--positions", default="all", help="comma-separated positions, or 'all' (default)")
-    p("--ops", default="all", help="comma-separated op names, or 'all': the seven candidates (default)")
+    p("--ops", default="all", help="comma-separated op names, or 'all' (default): every candidate that fits")
     p("--steps", type=int, default=_DEFAULTS.steps, help=f"steps per pair (default {_DEFAULTS.steps})")
     p("--batch-size", type=int, default=_DEFAULTS.batch_size, help=f"default {_DEFAULTS.batch_size}")
     p("--optimizer", choices=("adam", "sgd"), default=_DEFAULTS.optimizer)
@@ -48,7 +49,8 @@ def _csv(text: str, convert=str) -> list:
     try:
         return [convert(t) for t in items]
     except ValueError:
-        raise ValueError(f"cannot read {text!r}: expected a comma-separated list such as 1,7,18") from None
+        raise ValueError(f"cannot read --positions {text!r}: expected 'all' or a comma-separated list "
+                         "such as 1,7,18") from None
 
 
 def distill_main(args: argparse.Namespace) -> int:
@@ -62,10 +64,10 @@ def distill_main(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not args.resume:
         raise ValueError(f"{out} exists; pass --resume to add the missing pairs to it, or choose another --out")
-    data = load_dataset(args.dataset, args.data, val_fraction=args.val_fraction, seed=args.seed)
-    teacher = load_teacher(args.teacher, args.model, data.num_classes)
     positions = "all" if args.positions.strip() == "all" else _csv(args.positions, int)
     ops = "all" if args.ops.strip() == "all" else _csv(args.ops)
+    data = load_dataset(args.dataset, args.data, val_fraction=args.val_fraction, seed=args.seed)
+    teacher = load_teacher(args.teacher, args.model, data.num_classes)
     pairs = valid_pairs(teacher, positions, ops)
     bank = None
     if out.exists():
