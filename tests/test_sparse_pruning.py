@@ -39,10 +39,10 @@ def _nnz(net) -> int:
 def test_dsr_step_keeps_total_nonzeros_constant(sparsity):
     net = _net(sparsity)
     opt = torch.optim.Adam(net.parameters(), 1e-2)
-    pruner = make_pruner("dsr", net, sparsity, 100, period=5, threshold=0.05)
+    pruner = make_pruner("dsr", net, sparsity, 100, period=3, threshold=0.05)
     pruner.before_training(net, opt)
     before = _nnz(net)
-    _train(net, opt, pruner, 20)
+    _train(net, opt, pruner, 12)
     assert len(pruner.log) == 4 and all(entry["pruned"] > 0 for entry in pruner.log)
     assert _nnz(net) == before
 
@@ -135,7 +135,7 @@ def test_static_prunes_by_magnitude_once(scope):
     net = _net(0.9)
     weights = [layer.weight.detach().clone() for _, layer in dynamic_layers(net)]
     opt = torch.optim.Adam(net.parameters(), 1e-2)
-    pruner = make_pruner("static", net, 0.9, 30, scope=scope)
+    pruner = make_pruner("static", net, 0.9, 8, scope=scope)
     pruner.before_training(net, opt)
     layers = [layer for _, layer in dynamic_layers(net)]
     total = sum(w.numel() for w in weights)
@@ -149,7 +149,7 @@ def test_static_prunes_by_magnitude_once(scope):
             assert w[l.mask].abs().min() >= w[~l.mask].abs().max()
             assert int((~l.mask).sum()) == round(0.9 * l.mask.numel())
     masks = [l.mask.clone() for l in layers]
-    _train(net, opt, pruner, 30)
+    _train(net, opt, pruner, 8)
     assert all(torch.equal(m, l.mask) for m, l in zip(masks, layers))
 
 

@@ -232,9 +232,10 @@ class DSRPruner(MaskPruner):
 
     def __init__(self, model, sparsity, total_steps, settings: DSRSettings):
         super().__init__(model, sparsity, total_steps)
-        if settings.period < 1 or settings.threshold <= 0 or settings.prune_fraction <= 0:
-            raise ValueError("dsr needs period >= 1, threshold > 0 and prune_fraction > 0, got "
-                             f"{settings}")
+        if (settings.period < 1 or settings.threshold <= 0 or settings.prune_fraction <= 0
+                or not 0.0 <= settings.stop_fraction <= 1.0):
+            raise ValueError("dsr needs period >= 1, threshold > 0, prune_fraction > 0 and "
+                             f"0 <= stop_fraction <= 1, got {settings}")
         self.settings = settings
         self.threshold = settings.threshold
         self.generator = torch.Generator().manual_seed(settings.seed)
@@ -267,7 +268,7 @@ class DSRPruner(MaskPruner):
         grow = _share(pruned, torch.tensor(survivors), torch.tensor(capacity))
         for layer, n in zip(layers, grow.tolist()):
             if n:
-                flat = layer.mask.flatten()  # a copy in logical order (masks may be channels_last)
+                flat = layer.mask.flatten()  # logical order, also for channels_last masks
                 inactive = (~flat).nonzero().squeeze(1)
                 order = torch.randperm(inactive.numel(), generator=self.generator)[:n]
                 flat[inactive[order.to(inactive.device)]] = True
