@@ -43,12 +43,19 @@ def _settings_table(frame: pd.DataFrame) -> pd.DataFrame:
                and c not in ("train_acc", "train_loss", "distill_loss")]
     rows = []
     for column in columns:
-        values = [v for v in frame[column].dropna().astype(str).unique() if v]
+        values = [v for v in frame[column].dropna().map(_text).unique() if v]
         if len(values):
             shown = ", ".join(sorted(values, key=lambda v: (len(v), v))[:12])
             rows.append({"setting": column, "value": shown + (" …" if len(values) > 12 else ""),
                          "varies": "yes" if len(values) > 1 else ""})
     return pd.DataFrame(rows, columns=["setting", "value", "varies"])
+
+
+def _text(value) -> str:
+    """A setting as text; whole floats (from columns with gaps) without `.0`."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    return str(value)
 
 
 def _expected_trials(study_file: Path | None) -> tuple[set[str] | None, str]:
@@ -96,6 +103,9 @@ def _sections(frame: pd.DataFrame, history: pd.DataFrame, *, study: str, results
                                                   or "none yet")]
     summary.append(f"{len(expected - done)} of {len(expected)} expected trials pending"
                    if expected is not None else why)
+    if expected is not None and done - expected:
+        summary.append(f"{len(done - expected)} records are not trials of the study file as it "
+                       "is now (its settings, or opswap's defaults, changed since they ran)")
     sections: dict[str, list[Block]] = {}
     ok = frame[frame["status"] == "ok"]
     sections["Settings"] = [Block("table", _settings_table(frame), "settings of the trials")]

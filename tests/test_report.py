@@ -73,14 +73,16 @@ def test_markdown_has_tables_and_figure_files(partial):
 
 def test_pending_trials_are_counted_from_the_study(tmp_path, monkeypatch):
     records = [make_record(test_acc=a, seed=s) for s, a in enumerate([90.0, 91.0])]
-    results = write_records(tmp_path / "r", records)
     expected = {r["trial_id"] for r in records} | {"pending00001", "pending00002"}
+    records.append(make_record(test_acc=93.0, seed=7))  # ran under older settings
+    results = write_records(tmp_path / "r", records)
     monkeypatch.setattr(report, "_expected_trials", lambda study_file: (expected, ""))
     study = tmp_path / "s.toml"
     study.write_text('name = "s"\n')
     index = report.write_report_to(results, tmp_path / "out", study="s", study_file=study)
     html = index.read_text()
     assert f"2 of {len(expected)} expected trials pending" in html
+    assert "1 records are not trials of the study file as it is now" in html
     assert "name = &quot;s&quot;" in html                      # the study file is shown
 
 
