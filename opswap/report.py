@@ -58,17 +58,19 @@ def _text(value) -> str:
     return str(value)
 
 
-def _expected_trials(study_file: Path | None) -> tuple[set[str] | None, str]:
-    """The trial ids the study file expands to, or None with the reason."""
+def _expected_trials(study_file: Path | None) -> tuple[set[str] | None, set, str]:
+    """The trial ids the study file expands to and its skipped (position, op) pairs, or why not."""
     if study_file is None:
-        return None, "expected trials unknown (no study file given)"
+        return None, set(), "expected trials unknown (no study file given)"
     try:
         from opswap.study.config import load_study
         from opswap.study.expand import expand_study
 
-        return {t.trial_id for t in expand_study(load_study(study_file)).trials}, ""
+        expansion = expand_study(load_study(study_file))
     except Exception as err:  # the report must still be written for a study it cannot expand
-        return None, f"expected trials unknown ({type(err).__name__}: {err})"
+        return None, set(), f"expected trials unknown ({type(err).__name__}: {err})"
+    return ({t.trial_id for t in expansion.trials},
+            {(s.position, s.op) for s in expansion.skipped}, "")
 
 
 def _versions(frame: pd.DataFrame) -> pd.DataFrame:
@@ -97,7 +99,7 @@ def _sections(frame: pd.DataFrame, history: pd.DataFrame, *, study: str, results
               study_file: Path | None) -> tuple[list[str], dict[str, list[Block]]]:
     """Summary lines and the report's sections, in order."""
     counts = frame["status"].value_counts().to_dict()
-    expected, why = _expected_trials(study_file)
+    expected, skipped, why = _expected_trials(study_file)
     done = set(frame["trial_id"])
     summary = [f"{len(frame)} trial records: " + (", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
                                                   or "none yet")]
@@ -120,11 +122,11 @@ def _sections(frame: pd.DataFrame, history: pd.DataFrame, *, study: str, results
             sections["Settings"].append(Block("table", teacher[columns],
                                               "the teacher (trained once, not a compared trial)"))
     results = []
-    for epochs, table in tables.paper_tables(frame).items():
+    for epochs, table in tables.paper_tables(frame, not_applicable=skipped).items():
         results.append(Block("table", table, f"test accuracy (%), {epochs} epochs"))
     if results:
         results.append(Block("text", tables.LEGEND))
-        for epochs, table in tables.delta_tables(frame).items():
+        for epochs, table in tables.delta_tables(frame, not_applicable=skipped).items():
             results.append(Block("table", table, f"Δ test accuracy vs baseline (percentage points, "
                                  f"Welch 95 % interval), {epochs} epochs"))
     sections["Results"] = results or [Block("text", "No finished trials yet.")]

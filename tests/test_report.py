@@ -76,7 +76,7 @@ def test_pending_trials_are_counted_from_the_study(tmp_path, monkeypatch):
     expected = {r["trial_id"] for r in records} | {"pending00001", "pending00002"}
     records.append(make_record(test_acc=93.0, seed=7))  # ran under older settings
     results = write_records(tmp_path / "r", records)
-    monkeypatch.setattr(report, "_expected_trials", lambda study_file: (expected, ""))
+    monkeypatch.setattr(report, "_expected_trials", lambda study_file: (expected, set(), ""))
     study = tmp_path / "s.toml"
     study.write_text('name = "s"\n')
     index = report.write_report_to(results, tmp_path / "out", study="s", study_file=study)

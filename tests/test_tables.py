@@ -55,6 +55,19 @@ def test_paper_table_cells_marks_and_layout(frame):
     assert table.loc["1", "baseline"] == "" and table.loc["baseline", "conv_bn_e2"] == ""
 
 
+def test_tied_best_candidates_are_both_marked(tmp_path):
+    records = [make_record(test_acc=90.0, op=op, position=2) for op in ("conv_bn_e1", "conv_bn_e2")]
+    records.append(make_record(test_acc=89.0, op="resnet_e2", position=2))
+    table = tables.paper_tables(load_results(write_records(tmp_path / "t", records)))[3]
+    assert table.loc["2"].tolist() == ["90.00 (1) ▲", "90.00 (1) ▲", "89.00 (1)"]
+
+
+def test_pairs_the_model_cannot_take_are_left_empty(frame):
+    table = tables.paper_tables(frame, not_applicable={(3, "resnet_e2")})[3]
+    assert table.loc["3", "resnet_e2"] == "" and table.loc["1", "resnet_e2"] == "— (1 failed)"
+    assert tables.delta_tables(frame, not_applicable={(3, "resnet_e2")})[3].loc["3", "resnet_e2"] == ""
+
+
 def test_one_table_per_epoch_budget_with_missing_cells(frame):
     paper = tables.paper_tables(frame)
     assert sorted(paper) == [3, 6]

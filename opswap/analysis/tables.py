@@ -20,7 +20,8 @@ BEST = "▲"
 NOT_TESTABLE = "°"
 LEGEND = (f"mean ± std (n) over seeds. {BEST} best at its position. Welch's t-test against the "
           "baseline: * p < 0.05, ** p < 0.01, *** p < 0.001; "
-          f"{NOT_TESTABLE} not testable (needs n ≥ 2 on both sides). {MISSING} no finished trial.")
+          f"{NOT_TESTABLE} not testable (needs n ≥ 2 on both sides). {MISSING} no finished trial; "
+          "empty: not part of the study (e.g. identity where the shape changes).")
 FAMILY_ORDER = ["baseline", "identity", "mbconv", "conv_bn", "resnet", "bottleneck"]
 DEFAULT_INITS = (None, "lana", "teacher")
 
@@ -131,8 +132,8 @@ def summary(frame: pd.DataFrame, metric: str = "test_acc", *,
     result["best"] = False
     for _, group in result[result["n"] > 0].groupby(["epochs", "row"], dropna=False):
         if len(group) >= 2:
-            best = group["mean"].idxmax() if higher_is_better else group["mean"].idxmin()
-            result.loc[best, "best"] = True
+            best = group["mean"].max() if higher_is_better else group["mean"].min()
+            result.loc[group.index[np.isclose(group["mean"], best)], "best"] = True  # ties share it
     return result[columns]
 
 
@@ -163,8 +164,8 @@ def _signed(value: float, digits: int) -> str:
     return f"{round(value, digits) + 0.0:+.{digits}f}"
 
 
-def _pivot(table: pd.DataFrame, cells: pd.Series) -> pd.DataFrame:
-    """Rows × candidates; cells of the cross product with no trial at all are `MISSING`."""
+def _pivot(table: pd.DataFrame, cells: pd.Series, blank: frozenset = frozenset()) -> pd.DataFrame:
+    """Rows × candidates; cells with no trial are `MISSING`, or empty where not applicable."""
     table = table.assign(text=cells)
     wide = table.pivot(index="row", columns="candidate", values="text")
     at_baseline = table["row"].str.endswith("baseline")
@@ -173,26 +174,36 @@ def _pivot(table: pd.DataFrame, cells: pd.Series) -> pd.DataFrame:
     for row in wide.index:
         for column in wide.columns:
             if pd.isna(wide.loc[row, column]):
-                expected = column in columns[row.endswith("baseline")]
+                expected = column in columns[row.endswith("baseline")] \
+                    and (row.split(" · ")[-1], column.split(" · ")[0]) not in blank
                 wide.loc[row, column] = MISSING if expected else ""
     wide = wide.loc[sorted(wide.index, key=_row_key), sorted(wide.columns, key=sort_key)]
     wide.index.name, wide.columns.name = "position", None
     return wide
 
 
+def _blank(not_applicable) -> frozenset:
+    return frozenset((str(int(position)), op) for position, op in not_applicable)
+
+
 def paper_tables(frame: pd.DataFrame, metric: str = "test_acc", *, digits: int = 2,
-                 higher_is_better: bool = True) -> dict[int | None, pd.DataFrame]:
-    """One position × candidate table of "mean ± std (n)" text per epoch budget."""
+                 higher_is_better: bool = True,
+                 not_applicable=()) -> dict[int | None, pd.DataFrame]:
+    """One position × candidate table of "mean ± std (n)" text per epoch budget.
+
+    `not_applicable`: (position, op) pairs the model cannot take; left empty, not `MISSING`.
+    """
     long = summary(frame, metric, higher_is_better=higher_is_better)
-    return {epochs: _pivot(group, group.apply(_cell, axis=1, digits=digits))
+    return {epochs: _pivot(group, group.apply(_cell, axis=1, digits=digits), _blank(not_applicable))
             for epochs, group in _by_epochs(long)}
 
 
-def delta_tables(frame: pd.DataFrame, metric: str = "test_acc", *,
-                 digits: int = 2) -> dict[int | None, pd.DataFrame]:
+def delta_tables(frame: pd.DataFrame, metric: str = "test_acc", *, digits: int = 2,
+                 not_applicable=()) -> dict[int | None, pd.DataFrame]:
     """Per epoch budget: mean minus the baseline mean, with Welch's 95 % interval."""
     long = summary(frame, metric)
-    return {epochs: _pivot(group, group.apply(_delta_cell, axis=1, digits=digits))
+    return {epochs: _pivot(group, group.apply(_delta_cell, axis=1, digits=digits),
+                           _blank(not_applicable))
             for epochs, group in _by_epochs(long)}
 
 
