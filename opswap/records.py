@@ -46,14 +46,14 @@ def new_record(settings: dict, *, trial_id: str, study: str, attempt: int = 1, d
             "env": environment(device), "timing": {"started": now(), "finished": None, "seconds": None}}
 
 
-def _clean(value):
+def json_safe(value):
     """JSON-safe copy: NaN/Inf become null, tensors and numpy scalars plain numbers."""
     if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
+        return [json_safe(v) for v in value]
     if isinstance(value, torch.Tensor):
-        return _clean(value.tolist())
+        return json_safe(value.tolist())
     if hasattr(value, "item") and not isinstance(value, (str, bytes)):  # numpy scalars
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
@@ -73,7 +73,7 @@ def write_record(record: dict, out_dir: str | os.PathLike) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{record['trial_id']}.json"
-    text = json.dumps(_clean(record), indent=1, allow_nan=False)
+    text = json.dumps(json_safe(record), indent=1, allow_nan=False)
     fd, tmp = tempfile.mkstemp(prefix=f".{record['trial_id']}.", suffix=".tmp", dir=out)
     try:
         with os.fdopen(fd, "w") as f:

@@ -16,7 +16,7 @@ import time
 import traceback
 from pathlib import Path
 
-from opswap.records import new_record, now, write_record
+from opswap.records import json_safe, new_record, now, write_record
 from opswap.training import TrainConfig, measure_latency, resolve_device, save_weights, train
 
 INITS = ("scratch", "teacher", "lana", "random")
@@ -142,6 +142,7 @@ def run_trial(settings: dict, *, trial_id: str | None = None, study: str = "trai
     except Exception as err:  # a trial never takes its runner down: the failure is the record
         record.update(status="failed", error=_error_text(err))
     record["timing"].update(finished=now(), seconds=time.perf_counter() - t0)
+    record = json_safe(record)  # what is returned is what is written: plain JSON, NaN as null
     if out_dir is not None:
         write_record(record, out_dir)
     return record
