@@ -156,9 +156,8 @@ def _sections(frame: pd.DataFrame, history: pd.DataFrame, *, study: str, results
             sections["Method comparison"] = [
                 Block("figure", figures.method_comparison(frame), "measured criteria, each "
                       "normalised so 1 = best method shown (higher is better)", "methods"),
-                Block("table", scores.assign(value=scores["value"].map(lambda v: f"{v:.4g}"),
-                                             score=scores["score"].map(lambda v: f"{v:.3f}")),
-                      "raw means (full training set; data requirement at the smallest fraction)")]
+                Block("table", _method_grid(scores), "mean value (score) per method and measure; "
+                      "full training set, data requirement at the smallest fraction")]
         if sparse:
             sections["Sparsity"] = [Block("figure", figures.accuracy_vs_sparsity(frame),
                                           "test accuracy against target sparsity", "sparsity")]
@@ -181,6 +180,15 @@ def _sections(frame: pd.DataFrame, history: pd.DataFrame, *, study: str, results
     sections["Versions and provenance"] = [Block("table", _versions(frame)),
                                            Block("table", provenance)]
     return summary, sections
+
+
+def _method_grid(scores: pd.DataFrame) -> pd.DataFrame:
+    """Methods × measures, cells "value (score)", "—" where not measured."""
+    text = [tables.MISSING if pd.isna(v) else f"{v:.4g} ({s:.2f})"
+            for v, s in zip(scores["value"], scores["score"])]
+    grid = scores.assign(text=text, measure=scores["criterion"] + ": " + scores["measure"])
+    grid = grid.pivot(index="method", columns="measure", values="text")
+    return grid[list(dict.fromkeys(scores["criterion"] + ": " + scores["measure"]))]
 
 
 def _curves(history: pd.DataFrame) -> list[Block]:
