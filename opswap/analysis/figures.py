@@ -178,7 +178,7 @@ def accuracy_vs_sparsity(frame: pd.DataFrame, metric: str = "test_acc") -> Figur
         ax.axhline(group[metric].mean(), ls="--", lw=1, color=f"C{7 + i % 3}",
                    label=f"dense {op} (n={len(group)})")
     ax.legend(fontsize=8)
-    ax.set(xlabel="target sparsity", ylabel=metric.replace("_", " "))
+    ax.set(xlabel="target sparsity", ylabel=metric.replace("_", " "), xlim=(-0.02, 1.0))
     return figure
 
 
