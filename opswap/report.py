@@ -123,12 +123,12 @@ def _sections(frame: pd.DataFrame, history: pd.DataFrame, *, study: str, results
                                               "the teacher (trained once, not a compared trial)"))
     results = []
     for epochs, table in tables.paper_tables(frame, not_applicable=skipped).items():
-        results.append(Block("table", table, f"test accuracy (%), {epochs} epochs"))
+        results.append(Block("table", table, f"test accuracy (%), {_budget(epochs)}"))
     if results:
         results.append(Block("text", tables.LEGEND))
         for epochs, table in tables.delta_tables(frame, not_applicable=skipped).items():
             results.append(Block("table", table, f"Δ test accuracy vs baseline (percentage points, "
-                                 f"Welch 95 % interval), {epochs} epochs"))
+                                 f"Welch 95 % interval), {_budget(epochs)}"))
     sections["Results"] = results or [Block("text", "No finished trials yet.")]
     if len(ok):
         heat = figures.accuracy_heatmap(frame)
@@ -182,6 +182,11 @@ def _sections(frame: pd.DataFrame, history: pd.DataFrame, *, study: str, results
     return summary, sections
 
 
+def _budget(epochs) -> str:
+    """`1 epoch`, `25 epochs`."""
+    return f"{epochs} epoch" + ("" if epochs == 1 else "s")
+
+
 def _method_grid(scores: pd.DataFrame) -> pd.DataFrame:
     """Methods × measures, cells "value (score)", "—" where not measured."""
     text = [tables.MISSING if pd.isna(v) else f"{v:.4g} ({s:.2f})"
@@ -196,6 +201,10 @@ def _curves(history: pd.DataFrame) -> list[Block]:
     blocks = []
     history = history[history["kind"].fillna("train") != "traditional"]
     for epochs, part in history.groupby("epochs"):
+        if part["epoch"].nunique() < 2:
+            blocks.append(Block("text", f"{_budget(epochs)}: one point per trial, no curve "
+                                "to draw (the final values are in the tables)."))
+            continue
         series = part.groupby(["position", "op", "sparsity", "prune", "init"], dropna=False).ngroups
         if series <= 10:
             groups = [("", part)]
@@ -205,8 +214,8 @@ def _curves(history: pd.DataFrame) -> list[Block]:
                       for p, g in part.dropna(subset=["position"]).groupby("position")]
         for suffix, group in groups:
             name = f"curves-{epochs}ep" + suffix.replace(", position ", "-p")
-            blocks.append(Block("figure", figures.learning_curves(group), f"learning curves, {epochs} "
-                                f"epochs{suffix} (mean ± sd over seeds)", name))
+            blocks.append(Block("figure", figures.learning_curves(group), f"learning curves, "
+                                f"{_budget(epochs)}{suffix} (mean ± sd over seeds)", name))
     return blocks or [Block("text", "No per-epoch history yet.")]
 
 

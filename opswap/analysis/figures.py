@@ -58,7 +58,8 @@ def accuracy_heatmap(frame: pd.DataFrame, metric: str = "test_acc") -> Figure:
             warnings.simplefilter("ignore", PendingDeprecationWarning)
             _heatmap(value, text, ax, has_delta, limit, metric)
         ax.set_facecolor("#dddddd")  # missing cells show as grey
-        ax.set(title=f"{int(epochs)} epochs", xlabel="candidate", ylabel="position")
+        ax.set(title=f"{int(epochs)} epoch" + ("" if epochs == 1 else "s"), xlabel="candidate",
+               ylabel="position")
         ax.tick_params(axis="x", labelrotation=35)
     return figure
 
