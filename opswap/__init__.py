@@ -25,6 +25,9 @@ _LAZY = {
     "TrainConfig": "opswap.training",
     "train": "opswap.training",
     "evaluate": "opswap.training",
+    "measure_latency": "opswap.training",
+    "run_trial": "opswap.trial",
+    "default_settings": "opswap.trial",
     "load_results": "opswap.analysis.results",
     "load_history": "opswap.analysis.results",
 }

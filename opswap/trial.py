@@ -116,16 +116,19 @@ def _sparsify(model, settings: dict, total_steps: int):
     from opswap import sparse
 
     position = settings["position"]
+    # Fresh weights are rescaled by 1/sqrt(1 - s) to keep activations at the dense scale; weights
+    # from a teacher or a weight bank are left exactly as they are.
+    rescale = settings["init"] == "scratch"
     if position:
         import opswap
 
         path = opswap.positions(model)[position - 1].path
         block = model.get_submodule(path)
-        converted = sparse.sparsify(block, settings["sparsity"], seed=settings["seed"])
+        converted = sparse.sparsify(block, settings["sparsity"], seed=settings["seed"], rescale=rescale)
         if converted is not block:
             model.set_submodule(path, converted)
     else:
-        sparse.sparsify(model, settings["sparsity"], seed=settings["seed"])
+        sparse.sparsify(model, settings["sparsity"], seed=settings["seed"], rescale=rescale)
     return sparse.make_pruner(settings["prune"], model, settings["sparsity"], total_steps,
                               **settings.get("prune_options", {}))
 
@@ -162,6 +165,9 @@ def _run(record, settings, trial_id, out_dir, teacher, bank, device, progress) -
         record["metrics"] = fit_evaluate(data, seed=settings["seed"])
         record["status"] = "ok"
         return
+    import torch
+
+    torch.manual_seed(int(settings["seed"]))  # fresh weights (scratch, random init) follow the seed
     model, extra = _build(settings, data.num_classes, teacher, bank)
     params, macs = opswap.complexity(model, (1, 3, 32, 32))
     position = settings["position"]

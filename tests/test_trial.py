@@ -153,3 +153,14 @@ def test_opswap_train_command(tmp_path, npz, capsys):
     assert record["settings"]["train"]["schedule"] == "constant" and not record["settings"]["train"]["augment"]
     assert record["metrics"]["latency_ms_b1"] is None  # --latency-batch-size 0 skips latency
     assert main(["train", "--model", "tf-cnn", "--dataset", "npz", "--out", str(tmp_path)]) == 2
+
+
+def test_same_settings_give_the_same_record_from_scratch(npz):
+    """Fresh weights follow the trial's seed, so a rerun reproduces the history exactly."""
+    settings = quick(npz, model="wrn-10-1", position=1, op="mbconv")
+    first, second = run_trial(dict(settings)), run_trial(dict(settings))
+    strip = lambda h: [{k: v for k, v in row.items() if k not in ("seconds", "images_per_s")} for row in h]
+    assert first["status"] == second["status"] == "ok"
+    assert strip(first["history"]) == strip(second["history"])
+    other = run_trial(quick(npz, model="wrn-10-1", position=1, op="mbconv", seed=1))
+    assert strip(other["history"]) != strip(first["history"])
