@@ -197,7 +197,8 @@ def _run(record, settings, trial_id, out_dir, teacher, bank, device, progress) -
 
         metrics.update(sparsity_report(model))
     else:
-        metrics.update(sparsity=0.0, layer_sparsity={}, dense_bytes=4 * params, csr_bytes=None)
+        metrics.update(sparsity=0.0, layer_sparsity={}, nonzero_params=params, dense_bytes=4 * params,
+                       csr_bytes=None)
     metrics.update(extra)
     record.update(status=result.status, error=result.error, history=result.history, metrics=metrics)
     if settings.get("save_weights") and out_dir is not None and result.status == "ok":

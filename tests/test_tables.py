@@ -119,7 +119,8 @@ def test_method_table_scores_are_relative_to_the_best(tmp_path):
     scores = tables.method_table(load_results(write_records(tmp_path / "m", records)))
     score = scores.set_index(["method", "measure"])["score"]
     assert score["tf-cnn", "test_acc"] == 1.0 and score["traditional", "test_acc"] == pytest.approx(40 / 70)
-    assert score["traditional", "params"] == 1.0 and score["tf-cnn", "params"] == pytest.approx(0.04)
+    assert score["traditional", "nonzero params"] == 1.0
+    assert score["tf-cnn", "nonzero params"] == pytest.approx(0.04)
     assert score["tf-cnn", "latency_ms_b1"] == pytest.approx(0.5)
     assert score["tf-cnn", "acc at data fraction"] == 1.0
     assert math.isnan(score["traditional", "acc at data fraction"])
@@ -135,3 +136,12 @@ def test_markdown_and_html_rendering(frame):
     assert '<td class="best">95.00 ± 0.50 (3)* ▲</td>' in html
     assert '<td class="missing">— (1 failed)</td>' in html
     assert "25 &lt;epochs&gt;" in html
+
+
+def test_method_table_counts_a_pruned_network_by_its_surviving_weights(tmp_path):
+    records = [make_record(test_acc=70.0, model="tf-cnn", params=100_000, nonzero_params=100_000),
+               make_record(test_acc=68.0, model="tf-cnn", params=100_000, nonzero_params=20_000,
+                           sparsity=0.8, prune="dsr", method="tf-cnn dsr")]
+    scores = tables.method_table(load_results(write_records(tmp_path / "s", records)))
+    values = scores[scores["measure"] == "nonzero params"].set_index("method")["value"]
+    assert values["tf-cnn dsr"] == 20_000 and values["tf-cnn"] == 100_000

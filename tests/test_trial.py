@@ -14,7 +14,7 @@ RECORD_KEYS = {"schema", "trial_id", "study", "status", "error", "attempt", "set
 METRIC_KEYS = {"test_acc", "test_loss", "best_test_acc", "train_acc", "train_loss", "val_acc",
                "per_class_acc", "params", "macs", "op_params_count", "op_macs", "latency_ms_b1",
                "latency_ms_batch", "latency_batch_size", "sparsity", "layer_sparsity", "dense_bytes",
-               "csr_bytes", "distill_loss", "replace1_acc"}
+               "csr_bytes", "nonzero_params", "distill_loss", "replace1_acc"}
 
 
 @pytest.fixture(autouse=True, scope="module")

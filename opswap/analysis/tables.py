@@ -255,7 +255,7 @@ def format_complexity(table: pd.DataFrame) -> pd.DataFrame:
 
 # Seed 000 §4 scored methods by hand; these are measured. (measure, criterion, higher is better)
 CRITERIA = [
-    ("params", "complexity", False), ("macs", "complexity", False),
+    ("nonzero params", "complexity", False), ("macs", "complexity", False),
     ("test_acc", "generalisation", True), ("test/train ratio", "generalisation", True),
     ("acc at data fraction", "data requirement", True),
     ("latency_ms_b1", "efficiency", False), ("storage bytes", "efficiency", False),
@@ -272,6 +272,9 @@ def method_table(frame: pd.DataFrame) -> pd.DataFrame:
     data["method"] = [m if _is_set(m) else "traditional" if t else
                       f"{r['model']} · {candidate_label(r, with_data_fraction=False)}".replace(" · baseline", "")
                       for m, t, (_, r) in zip(named, traditional, data.iterrows())]
+    # A pruned network's complexity is its surviving weights, not its dense shape.
+    data["nonzero params"] = pd.to_numeric(data.get("nonzero_params", data["params"]), errors="coerce") \
+        .astype("float64").fillna(pd.to_numeric(data["params"], errors="coerce").astype("float64"))
     data["test/train ratio"] = (data["test_acc"] / data["train_acc"]).clip(upper=1.0)
     data["storage bytes"] = data["csr_bytes"].astype(float).fillna(data["dense_bytes"].astype(float))
     fraction = data["data_fraction"].fillna(1.0)

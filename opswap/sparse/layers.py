@@ -229,7 +229,7 @@ def sparsity_report(model: nn.Module) -> dict:
     """Sparsity and storage of `model`: total and per-layer sparsity, dense and CSR bytes.
 
     `sparsity` is the fraction of masked weights over all dynamic layers (0.0 without any);
-    `dense_bytes` counts every parameter as fp32; `csr_bytes` counts the dynamic layers' weights
+    `nonzero_params` counts parameters outside the masks; `dense_bytes` counts every parameter as fp32; `csr_bytes` counts the dynamic layers' weights
     in CSR (int32 indices) and every other parameter as dense fp32.
     """
     layers = dynamic_layers(model)
@@ -237,7 +237,9 @@ def sparsity_report(model: nn.Module) -> dict:
     sparse_weights = sum(layer.weight.numel() for _, layer in layers)
     nnz = sum(layer.nnz for _, layer in layers)
     csr_bytes = dense_bytes - 4 * sparse_weights + sum(csr_nbytes(layer) for _, layer in layers)
+    params = sum(p.numel() for p in model.parameters())
     return {
+        "nonzero_params": int(params - sparse_weights + nnz),
         "sparsity": (1.0 - nnz / sparse_weights) if sparse_weights else 0.0,
         "layer_sparsity": {name: layer.sparsity for name, layer in layers},
         "dense_bytes": int(dense_bytes),
