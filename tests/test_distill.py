@@ -212,10 +212,11 @@ def test_bank_round_trip_gives_identical_outputs(small_bank, random_teacher, tmp
     assert "p2/mbconv_e6_k3/0.weight" in keys  # mbconv without skip: a plain Sequential
     assert "p1/baseline/conv1.weight" in keys and not any(k.startswith("p1/identity/") for k in keys)
     assert meta["teacher_fingerprint"] == teacher_fingerprint(random_teacher)
-    assert meta["settings"]["steps"] == 4 and len(meta["entries"]) == 4
+    assert meta["settings"]["steps"] == 4 and len(meta["entries"]) == 4 and meta["dataset"] == "synthetic"
 
     loaded = WeightBank.load(path)
     assert loaded.keys() == small_bank.keys() and loaded.settings == small_bank.settings
+    assert (loaded.dataset, loaded.teacher_fingerprint) == ("synthetic", small_bank.teacher_fingerprint)
     for a in small_bank:
         b = loaded.entry(a.position, a.op)
         assert (b.distill_loss, b.history, b.steps, b.params) == (a.distill_loss, a.history, a.steps, a.params)

@@ -78,10 +78,11 @@ class WeightBank:
     """Distilled candidates of one teacher, keyed by (position, canonical op name)."""
 
     def __init__(self, entries: list[BankEntry] | None = None, *, teacher_fingerprint: str,
-                 settings: dict[str, Any] | None = None, model: str | None = None):
+                 settings: dict[str, Any] | None = None, model: str | None = None,
+                 dataset: str | None = None):
         self.teacher_fingerprint = teacher_fingerprint
         self.settings = dict(settings or {})
-        self.model = model
+        self.model, self.dataset = model, dataset
         self._entries: dict[tuple[int, str], BankEntry] = {}
         for e in entries or []:
             if e.key in self._entries:
@@ -140,7 +141,8 @@ class WeightBank:
         settings = self.settings if self.settings == other.settings else {
             "merged": [self.settings, other.settings]}
         return WeightBank(list(entries.values()), teacher_fingerprint=self.teacher_fingerprint,
-                          settings=settings, model=self.model or other.model)
+                          settings=settings, model=self.model or other.model,
+                          dataset=self.dataset or other.dataset)
 
     def to_frame(self):
         """One row per entry: position, op, family, op_params, param_count, scores (a pandas DataFrame)."""
@@ -164,7 +166,7 @@ class WeightBank:
         tensors = {f"p{e.position}/{e.op}/{k}": v.detach().cpu().contiguous().clone()
                    for e in self for k, v in e.state_dict.items()}
         meta = {"schema": _SCHEMA, "teacher_fingerprint": self.teacher_fingerprint, "model": self.model,
-                "settings": self.settings, "entries": [_json_safe(e.scores()) for e in self]}
+                "dataset": self.dataset, "settings": self.settings, "entries": [_json_safe(e.scores()) for e in self]}
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
         save_file(tensors, str(tmp), metadata={_META_KEY: json.dumps(meta)})
@@ -200,7 +202,7 @@ class WeightBank:
             entries.append(BankEntry(state_dict=state, **{**s, "distill_loss": _num(s["distill_loss"]),
                                                           "history": [_num(v) for v in s["history"]]}))
         return cls(entries, teacher_fingerprint=meta["teacher_fingerprint"], settings=meta["settings"],
-                   model=meta.get("model"))
+                   model=meta.get("model"), dataset=meta.get("dataset"))
 
 
 def _json_safe(scores: dict[str, Any]) -> dict[str, Any]:

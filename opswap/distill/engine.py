@@ -320,4 +320,5 @@ def distill_bank(teacher: nn.Module, data: Any, pairs: Sequence[tuple[int, Any]]
     finally:
         if bar is not None:
             bar.close()
-    return WeightBank(entries, teacher_fingerprint=fingerprint, settings=config.to_dict(), model=model_name)
+    return WeightBank(entries, teacher_fingerprint=fingerprint, settings=config.to_dict(), model=model_name,
+                      dataset=getattr(data, "name", None))
