@@ -5,7 +5,8 @@
 The overhead is what the runner adds around a trial (claim, heartbeat, log file, record rewrite,
 joblib dispatch), measured as (runner time − direct calls) / trials with a warm worker pool.
 The speedup runs the same small real trials (WRN-10-1, synthetic data, from scratch) with one
-worker holding every core and with two workers holding one core each.
+worker holding every core and with two workers holding one core each, after a warm-up round so
+that imports and dataset generation are not counted.
 """
 from __future__ import annotations
 
@@ -43,11 +44,13 @@ def overhead(n: int) -> dict[str, float]:
         direct = _timed(lambda: [trivial_trial(t.settings, trial_id=t.trial_id, study="b", out_dir=tmp)
                                  for t in trials])
     out = {"direct": direct / n}
-    for name in ("cold", "warm"):
-        with tempfile.TemporaryDirectory() as tmp:
-            seconds = _timed(lambda: run_trials(trials, study="b", out_dir=tmp, trial_fn=trivial_trial, workers=1,
-                                                devices="cpu", progress=False, log=lambda m: None))
-        out[name] = seconds / n
+    for workers in (1, 2):  # 1: in the runner's process; 2: loky worker processes
+        for name in ("cold", "warm"):
+            with tempfile.TemporaryDirectory() as tmp:
+                seconds = _timed(lambda: run_trials(trials, study="b", out_dir=tmp, trial_fn=trivial_trial,
+                                                    workers=workers, devices="cpu", progress=False,
+                                                    log=lambda m: None))
+            out[f"{name}{workers}"] = seconds / n
     return out
 
 
@@ -57,29 +60,34 @@ def speedup(n: int, fraction: float, epochs: int) -> dict[str, float]:
     from opswap.study.expand import Trial
     from opswap.trial import default_settings, trial_id_for
 
-    settings = [default_settings(model="wrn-10-1", dataset="synthetic", epochs=epochs, seed=s,
-                                 data_fraction=fraction) for s in range(n)]
-    trials = [Trial(trial_id_for(s), s, f"seed {s['seed']}") for s in settings]
+    def trials(seeds):
+        settings = [default_settings(model="wrn-10-1", dataset="synthetic", epochs=epochs, seed=s,
+                                     data_fraction=fraction) for s in seeds]
+        return [Trial(trial_id_for(s), s, f"seed {s['seed']}") for s in settings]
+
     times = {}
     for workers in (1, 2):
+        run = lambda batch, tmp: run_trials(batch, study="b", out_dir=tmp, workers=workers,  # noqa: E731
+                                            devices="cpu", progress=False, log=lambda m: None)
         with tempfile.TemporaryDirectory() as tmp:
-            times[workers] = _timed(lambda: run_trials(trials, study="b", out_dir=tmp, workers=workers,
-                                                       devices="cpu", progress=False, log=lambda m: None))
+            run(trials(range(100, 100 + workers)), tmp)  # warm-up: imports and the dataset in every worker
+            times[workers] = _timed(lambda: run(trials(range(n)), tmp))
     return times
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--trivial", type=int, default=40, help="trivial trials for the overhead (default 40)")
-    parser.add_argument("--real", type=int, default=4, help="real trials for the speedup; 0 skips it (default 4)")
+    parser.add_argument("--real", type=int, default=6, help="real trials for the speedup; 0 skips it (default 6)")
     parser.add_argument("--fraction", type=float, default=0.2, help="training data fraction of a real trial")
     parser.add_argument("--epochs", type=int, default=1)
     args = parser.parse_args()
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPU cores, {platform.python_version()}")
     o = overhead(args.trivial)
-    print(f"overhead per trivial trial ({args.trivial} trials, 1 worker): direct call {o['direct'] * 1e3:.1f} ms; "
-          f"through the runner {o['cold'] * 1e3:.0f} ms with worker start-up, {o['warm'] * 1e3:.0f} ms warm "
-          f"→ {(o['warm'] - o['direct']) * 1e3:.0f} ms added per trial")
+    print(f"trivial trial called directly: {o['direct'] * 1e3:.1f} ms ({args.trivial} trials)")
+    for w, where in ((1, "1 worker, in the runner's process"), (2, "2 loky worker processes")):
+        print(f"through the runner, {where}: {o[f'cold{w}'] * 1e3:.1f} ms per trial cold (worker start-up "
+              f"included), {o[f'warm{w}'] * 1e3:.1f} ms warm → {(o[f'warm{w}'] - o['direct']) * 1e3:.1f} ms added")
     if args.real:
         t = speedup(args.real, args.fraction, args.epochs)
         print(f"{args.real} real trials (wrn-10-1, synthetic, {args.fraction:g} of the data, {args.epochs} epoch): "

@@ -267,8 +267,13 @@ def run_trials(trials: Sequence[Trial], *, study: str, out_dir: str | Path, tria
                stale_after: float = 120.0, teacher: str | None = None, bank: str | None = None,
                progress: bool = True, poll: float = 2.0, log: Callable[[str], None] | None = None) -> RunSummary:
     """Run every trial not done yet, in parallel; wait for trials that other runners hold."""
+    import warnings
+
     from joblib import Parallel, delayed
     from tqdm.auto import tqdm
+
+    # loky replaces a worker whose memory grew during a trial; the trial is not lost.
+    warnings.filterwarnings("ignore", message="A worker stopped while some jobs were given", category=UserWarning)
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
