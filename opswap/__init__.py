@@ -28,6 +28,11 @@ _LAZY = {
     "measure_latency": "opswap.training",
     "run_trial": "opswap.trial",
     "default_settings": "opswap.trial",
+    "distill_bank": "opswap.distill",
+    "WeightBank": "opswap.distill",
+    "load_study": "opswap.study",
+    "run_study": "opswap.study",
+    "write_report": "opswap.report",
     "load_results": "opswap.analysis.results",
     "load_history": "opswap.analysis.results",
 }

@@ -34,7 +34,7 @@ def default_settings(**overrides) -> dict:
                 "num_classes": None, "data_fraction": 1.0, "val_fraction": 0.0, "position": None,
                 "op": "baseline", "init": "scratch", "seed": 0, "epochs": 10, "sparsity": 0.0,
                 "prune": "none", "prune_options": {}, "distill": {}, "latency_batch_size": 256,
-                "save_weights": False}
+                "save_weights": False, "teacher": None, "method": None}
     unknown = set(overrides) - set(settings)
     if unknown:
         raise ValueError(f"unknown trial settings {sorted(unknown)}; allowed: {sorted(settings)} "

@@ -60,3 +60,10 @@ def test_timm_create_model_gives_the_same_network():
     x = torch.randn(2, 3, 32, 32)
     ours.eval(), theirs.eval()
     torch.testing.assert_close(ours(x), theirs(x))
+
+
+def test_every_public_name_resolves():
+    for name in opswap.__all__:
+        assert getattr(opswap, name) is not None, name
+    with pytest.raises(AttributeError):
+        opswap.no_such_thing

@@ -55,7 +55,7 @@ def test_ids_are_hashes_of_the_settings_and_unique(tmp_path):
 
 
 # Golden ids of the GRID study: a change re-runs every stored trial, so it must be deliberate.
-PINNED = {"baseline": "587741073158", "mbconv": "44a214c14b1b"}
+PINNED = {"baseline": "f1b0eac7a7e4", "mbconv": "5ddbaf12e1d2"}
 
 
 def test_ids_are_pinned(tmp_path):
@@ -63,6 +63,19 @@ def test_ids_are_pinned(tmp_path):
     assert trials["baseline teacher seed=0 epochs=1"] == PINNED["baseline"]
     assert trials["p1 mbconv_e6_k3 lana seed=1 epochs=2"] == PINNED["mbconv"]
 
+
+
+def test_trials_from_the_teacher_change_id_with_the_teacher(tmp_path):
+    """A finished trial of one teacher is never taken for a trial of another."""
+    first = {t.label: t for t in expand_study(_study(tmp_path)).trials}
+    other = {t.label: t for t in expand_study(_study(tmp_path, overrides=[("teacher.epochs", 7)])).trials}
+    assert first.keys() == other.keys()
+    assert all(first[k].trial_id != other[k].trial_id for k in first)
+    assert all(t.settings["teacher"].startswith("trained:") for t in first.values())
+    checkpoint = tmp_path / "teacher.safetensors"
+    checkpoint.write_bytes(b"weights")
+    given = expand_study(_study(tmp_path, overrides=[("teacher.checkpoint", str(checkpoint))])).trials
+    assert all(t.settings["teacher"].startswith("checkpoint:sha256:") for t in given)
 
 
 def test_ids_are_the_same_in_another_process(tmp_path):

@@ -14,7 +14,7 @@ from typing import Any
 
 from opswap.study.config import Study, model_positions
 
-__all__ = ["Trial", "Skipped", "Expansion", "expand_study", "teacher_settings"]
+__all__ = ["Trial", "Skipped", "Expansion", "expand_study", "teacher_settings", "teacher_ref"]
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,25 @@ def teacher_settings(study: Study) -> dict[str, Any]:
                             seed=study.teacher.seed, epochs=study.teacher.epochs, save_weights=True)
 
 
+def teacher_ref(study: Study) -> str | None:
+    """What a trial initialised from the teacher depends on: the teacher's settings or file.
+
+    It is part of those trials' settings, so a different teacher gives different trial ids and
+    a rerun never mixes trials of two teachers.
+    """
+    if not study.needs_teacher:
+        return None
+    if study.teacher.checkpoint is not None:
+        import hashlib
+        from pathlib import Path
+
+        digest = hashlib.sha256(Path(study.teacher.checkpoint).expanduser().read_bytes()).hexdigest()
+        return f"checkpoint:sha256:{digest[:16]}"
+    from opswap.trial import trial_id_for
+
+    return f"trained:{trial_id_for(teacher_settings(study))}"
+
+
 def _fmt_sparsity(s: float, prune: str) -> str:
     return f" {prune}@{s:g}" if s > 0 else ""
 
@@ -81,6 +100,7 @@ def _substitution(study: Study) -> Expansion:
     from opswap.distill.engine import DistillConfig
 
     distill = DistillConfig(**study.distill).to_dict()
+    teacher = teacher_ref(study)
     trials: list[Trial] = []
     grid = itertools.product(study.seeds, study.epochs, study.sparsity, study.data_fraction)
     for seed, epochs, sparsity, fraction in grid:
@@ -93,7 +113,8 @@ def _substitution(study: Study) -> Expansion:
         for init in study.init:
             # The unmodified network under the same budget: from the teacher, or from scratch.
             base_init = "scratch" if init == "scratch" else "teacher"
-            trials.append(_trial({**base, "position": None, "op": "baseline", "init": base_init},
+            ref = None if base_init == "scratch" else teacher
+            trials.append(_trial({**base, "position": None, "op": "baseline", "init": base_init, "teacher": ref},
                                  f"baseline {base_init} seed={seed} epochs={epochs}{suffix}"))
         for pos in study.positions:
             for name in names:
@@ -101,6 +122,8 @@ def _substitution(study: Study) -> Expansion:
                     continue
                 for init in study.init:
                     extra = {"distill": distill} if init == "lana" else {}
+                    if init != "scratch":
+                        extra["teacher"] = teacher
                     trials.append(_trial({**base, "position": pos, "op": name, "init": init, **extra},
                                          f"p{pos} {name} {init} seed={seed} epochs={epochs}{suffix}"))
     return Expansion(_unique(trials), tuple(skipped))
