@@ -145,3 +145,14 @@ def test_method_table_counts_a_pruned_network_by_its_surviving_weights(tmp_path)
     scores = tables.method_table(load_results(write_records(tmp_path / "s", records)))
     values = scores[scores["measure"] == "nonzero params"].set_index("method")["value"]
     assert values["tf-cnn dsr"] == 20_000 and values["tf-cnn"] == 100_000
+
+
+def test_cells_on_a_data_fraction_compare_with_the_baseline_on_the_same_fraction(tmp_path):
+    records = [make_record(test_acc=a, seed=s, data_fraction=0.5) for s, a in enumerate([60.0, 62.0])]
+    records += [make_record(test_acc=a, seed=s) for s, a in enumerate([80.0, 82.0])]
+    records += [make_record(test_acc=a, seed=s, position=1, op="mbconv_e6_k3", data_fraction=0.5)
+                for s, a in enumerate([64.0, 66.0])]
+    long = tables.summary(load_results(write_records(tmp_path / "f", records)))
+    cell = long[(long["row"] == "1")].iloc[0]
+    assert cell["n_reference"] == 2 and cell["delta"] == pytest.approx(4.0)
+    assert sorted(long[long["is_reference"]]["candidate"]) == ["baseline", "baseline · 0.5 data"]

@@ -68,7 +68,11 @@ def labelled(frame: pd.DataFrame) -> pd.DataFrame:
         " · ".join([r["method"]] + ([f"{r['data_fraction']:g} data"]
                                     if _is_set(r["data_fraction"]) and r["data_fraction"] < 1 else []))
         if n else candidate_label(r) for n, (_, r) in zip(named, frame.iterrows())]
-    frame["is_reference"] = ~named & (frame["candidate"] == "baseline") & frame["position"].isna()
+    # The reference is the unmodified dense network (any data fraction: cells are compared with
+    # the reference trained on the same fraction, see `summary`).
+    op = frame["op"].where(frame["op"].notna(), "baseline") if "op" in frame else "baseline"
+    dense = pd.to_numeric(frame.get("sparsity", 0.0), errors="coerce").fillna(0.0) == 0
+    frame["is_reference"] = ~named & (op == "baseline") & frame["position"].isna() & dense
     return frame
 
 
@@ -100,9 +104,14 @@ def summary(frame: pd.DataFrame, metric: str = "test_acc", *,
         ok = group[(group["status"] == "ok") & group[metric].notna()]
         for model in group["model"].astype(str).unique():
             in_model = ok[ok["model"].astype(str) == model]
-            reference = in_model.loc[in_model["is_reference"], metric].to_numpy(float)
+            references = in_model[in_model["is_reference"]]
+            fractions = references["data_fraction"].fillna(1.0)
             cells = group[group["model"].astype(str) == model]
             for (row, candidate), cell in cells.groupby(["row", "candidate"], sort=False):
+                # Compare with the reference trained on the same share of the data, when there is one.
+                fraction = cell["data_fraction"].fillna(1.0).iloc[0]
+                same = fractions == fraction
+                reference = references.loc[same if same.any() else fractions.notna(), metric].to_numpy(float)
                 values = in_model.loc[(in_model["row"] == row)
                                       & (in_model["candidate"] == candidate), metric]
                 values = values.to_numpy(float)
