@@ -16,3 +16,12 @@ def cifar10_mini() -> Path:
     if not MINI.is_file():
         pytest.skip(f"cifar10-mini.npz not found at {MINI}")
     return MINI
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and lose much when cores are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -17,13 +17,7 @@ from opswap.distill import (DistillConfig, WeightBank, distill_bank, load_teache
 from opswap.training import TrainConfig, evaluate, save_weights, train
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and lose much when cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def downsized(data, step: int = 2):

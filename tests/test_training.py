@@ -13,13 +13,7 @@ from opswap.training import (TrainConfig, evaluate, load_checkpoint, load_weight
 TIMING = ("seconds", "images_per_s")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and lose much when cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(num_classes: int = 10, seed: int = 0) -> nn.Module:

@@ -17,13 +17,7 @@ METRIC_KEYS = {"test_acc", "test_loss", "best_test_acc", "train_acc", "train_los
                "csr_bytes", "nonzero_params", "distill_loss", "replace1_acc"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and lose much when cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
