@@ -52,6 +52,10 @@ def default_settings(**overrides) -> dict:
         raise ValueError(f"sparsity must be in [0, 1), got {settings['sparsity']}")
     if settings["sparsity"] > 0 and settings["prune"] == "none":
         settings["prune"] = "dsr"
+    if settings["sparsity"] > 0:
+        from opswap.sparse.pruning import check_prune_options
+
+        check_prune_options(settings["prune"], settings["prune_options"])
     if settings["position"] is None and settings["op"] not in (None, "baseline"):
         raise ValueError(f"op {settings['op']!r} needs a position (1-based block index)")
     from opswap.ops import parse_op
@@ -235,6 +239,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     a("--bank", help="weight bank from `opswap distill` for --init lana")
     a("--sparsity", type=float, default=0.0)
     a("--prune", choices=["dsr", "static", "gradual", "none"], default="none")
+    a("--prune-option", action="append", default=[], metavar="KEY=VALUE",
+      help="a setting of the prune method, e.g. period=50 (repeatable; see docs/sparsity.md)")
     a("--latency-batch-size", type=int, default=256, help="large batch for latency (0: skip latency)")
     a("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
     a("--save-weights", action="store_true", help="also write the trained weights (safetensors)")
@@ -243,12 +249,29 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     a("--no-progress", action="store_true")
 
 
+def _key_values(items: list[str], flag: str) -> dict:
+    """`["period=50", "threshold=0.01"]` → `{"period": 50, "threshold": 0.01}` (TOML-typed values)."""
+    import tomllib
+
+    out = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise ValueError(f"{flag} {item!r}: expected KEY=VALUE, e.g. {flag} period=50")
+        try:
+            out[key.strip()] = tomllib.loads(f"v = {raw.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key.strip()] = raw.strip()
+    return out
+
+
 def train_main(args: argparse.Namespace) -> int:
     """`opswap train`: one run, its record written under --out."""
     settings = default_settings(
         model=args.model, dataset=args.dataset, data=args.data, epochs=args.epochs, seed=args.seed,
         val_fraction=args.val_fraction, data_fraction=args.data_fraction, position=args.position,
         op=args.op, init=args.init, sparsity=args.sparsity, prune=args.prune, save_weights=args.save_weights,
+        prune_options=_key_values(args.prune_option, "--prune-option"),
         latency_batch_size=args.latency_batch_size,
         train={"optimizer": args.optimizer, "lr": args.lr, "momentum": args.momentum,
                "weight_decay": args.weight_decay, "schedule": args.schedule, "warmup_epochs": args.warmup_epochs,

@@ -156,3 +156,12 @@ def test_dry_run_lists_trials_and_writes_nothing(tmp_path, capsys):
     assert "68 trials, 0 already done" in out and "skipped: position 2 × identity" in out
     assert len([line for line in out.splitlines() if " pending " in line]) == 68
     assert not (tmp_path / "results").exists()
+
+
+def test_prune_options_reach_the_sparse_trials_only(tmp_path):
+    text = GRID + 'sparsity = [0.0, 0.9]\nprune = "dsr"\n\n[prune_options]\nperiod = 50\n'
+    trials = expand_study(_study(tmp_path, text)).trials
+    sparse = [t.settings for t in trials if t.settings["sparsity"] > 0]
+    dense = [t.settings for t in trials if t.settings["sparsity"] == 0]
+    assert sparse and all(s["prune_options"] == {"period": 50} and s["prune"] == "dsr" for s in sparse)
+    assert dense and all(s["prune_options"] == {} for s in dense)

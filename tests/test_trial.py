@@ -158,3 +158,20 @@ def test_same_settings_give_the_same_record_from_scratch(npz):
     assert strip(first["history"]) == strip(second["history"])
     other = run_trial(quick(npz, model="wrn-10-1", position=1, op="mbconv", seed=1))
     assert strip(other["history"]) != strip(first["history"])
+
+
+def test_prune_options_from_the_command_line(tmp_path, npz, capsys):
+    from opswap.cli import main
+
+    common = ["train", "--model", "tf-cnn", "--dataset", "npz", "--data", npz, "--epochs", "1",
+              "--batch-size", "40", "--no-progress", "--latency-batch-size", "0", "--sparsity", "0.9",
+              "--prune", "dsr", "--out", str(tmp_path)]
+    assert main(common + ["--prune-option", "period=2", "--prune-option", "threshold=0.01"]) == 0
+    (path,) = tmp_path.glob("*.json")
+    record = read_record(path)
+    assert record["settings"]["prune_options"] == {"period": 2, "threshold": 0.01}
+    assert record["metrics"]["sparsity"] == pytest.approx(0.9, abs=1e-3)
+    capsys.readouterr()
+    assert main(common + ["--prune-option", "perod=2"]) == 2
+    assert "unknown option(s) ['perod']" in capsys.readouterr().err
+    assert len(list(tmp_path.glob("*.json"))) == 1  # nothing written for the bad request

@@ -38,12 +38,22 @@ class DSRSettings:
     stop_fraction: float = 1.0     # no reallocation after this fraction of the training steps
     seed: int = 0                  # regrowth positions
 
+    def __post_init__(self):
+        if (self.period < 1 or self.threshold <= 0 or self.prune_fraction <= 0
+                or not 0.0 <= self.stop_fraction <= 1.0):
+            raise ValueError("dsr needs period >= 1, threshold > 0, prune_fraction > 0 and "
+                             f"0 <= stop_fraction <= 1, got {self}")
+
 
 @dataclass(frozen=True)
 class StaticSettings:
     """Static magnitude pruning: once, before training."""
 
     scope: str = "layer"           # "layer": each layer at the target; "global": one ranking
+
+    def __post_init__(self):
+        if self.scope not in ("layer", "global"):
+            raise ValueError(f"static pruning: scope must be 'layer' or 'global', got {self.scope!r}")
 
 
 @dataclass(frozen=True)
@@ -53,6 +63,27 @@ class GradualSettings:
     begin: float = 0.0             # ramp start, as a fraction of the training steps
     end: float = 0.5               # ramp end (target reached), as a fraction of the training steps
     period: int = 100              # optimiser steps between pruning events
+
+    def __post_init__(self):
+        if not 0.0 <= self.begin < self.end <= 1.0 or self.period < 1:
+            raise ValueError("gradual pruning needs 0 <= begin < end <= 1 and period >= 1, got "
+                             f"begin={self.begin}, end={self.end}, period={self.period}")
+
+
+def check_prune_options(method: str, options: dict) -> None:
+    """Raise ValueError naming the allowed options when `options` do not fit `method`."""
+    method = str(method).lower()
+    if method not in PRUNE_METHODS:
+        raise ValueError(f"unknown prune method {method!r}; choose one of {', '.join(PRUNE_METHODS)}")
+    if method == "none":
+        if options:
+            raise ValueError(f"prune method 'none' takes no options, got {sorted(options)}")
+        return
+    cls = {"dsr": DSRSettings, "static": StaticSettings, "gradual": GradualSettings}[method]
+    try:
+        _settings(cls, method, options)
+    except TypeError as err:
+        raise ValueError(f"prune method {method!r}: {err}") from None
 
 
 def _settings(cls, method: str, options: dict):
@@ -132,8 +163,6 @@ class StaticPruner(MaskPruner):
 
     def __init__(self, model, sparsity, total_steps, settings: StaticSettings):
         super().__init__(model, sparsity, total_steps)
-        if settings.scope not in ("layer", "global"):
-            raise ValueError(f"static pruning: scope must be 'layer' or 'global', got {settings.scope!r}")
         self.settings = settings
 
     @torch.no_grad()
@@ -163,9 +192,6 @@ class GradualPruner(MaskPruner):
 
     def __init__(self, model, sparsity, total_steps, settings: GradualSettings):
         super().__init__(model, sparsity, total_steps)
-        if not 0.0 <= settings.begin < settings.end <= 1.0 or settings.period < 1:
-            raise ValueError("gradual pruning needs 0 <= begin < end <= 1 and period >= 1, got "
-                             f"begin={settings.begin}, end={settings.end}, period={settings.period}")
         self.settings = settings
         self.current = 0.0
 
@@ -232,10 +258,6 @@ class DSRPruner(MaskPruner):
 
     def __init__(self, model, sparsity, total_steps, settings: DSRSettings):
         super().__init__(model, sparsity, total_steps)
-        if (settings.period < 1 or settings.threshold <= 0 or settings.prune_fraction <= 0
-                or not 0.0 <= settings.stop_fraction <= 1.0):
-            raise ValueError("dsr needs period >= 1, threshold > 0, prune_fraction > 0 and "
-                             f"0 <= stop_fraction <= 1, got {settings}")
         self.settings = settings
         self.threshold = settings.threshold
         self.generator = torch.Generator().manual_seed(settings.seed)

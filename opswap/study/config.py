@@ -88,6 +88,7 @@ class Study:
     init: tuple[str, ...] = ("lana",)
     sparsity: tuple[float, ...] = (0.0,)
     prune: str = "none"
+    prune_options: Mapping[str, Any] = field(default_factory=dict)
     train: Mapping[str, Any] = field(default_factory=dict)
     distill: Mapping[str, Any] = field(default_factory=dict)
     teacher: TeacherConfig = TeacherConfig()

@@ -105,7 +105,8 @@ def _substitution(study: Study) -> Expansion:
     grid = itertools.product(study.seeds, study.epochs, study.sparsity, study.data_fraction)
     for seed, epochs, sparsity, fraction in grid:
         base = {**_common(study), "seed": seed, "epochs": epochs, "sparsity": sparsity,
-                "prune": study.prune if sparsity > 0 else "none", "data_fraction": fraction}
+                "prune": study.prune if sparsity > 0 else "none", "data_fraction": fraction,
+                "prune_options": dict(study.prune_options) if sparsity > 0 else {}}
         if sparsity > 0 or fraction < 1.0:
             suffix = f"{_fmt_sparsity(sparsity, study.prune)}{f' data={fraction:g}' if fraction < 1 else ''}"
         else:

@@ -37,6 +37,7 @@ _TOP: dict[str, tuple[tuple[type, ...], str]] = {
     "init": ((list, str), f"a list drawn from {', '.join(INITS[:3])}"),
     "sparsity": ((list, float, int), "a list of fractions in [0, 1), e.g. [0.0, 0.9]"),
     "prune": ((str,), f"one of {', '.join(PRUNE_METHODS)}"),
+    "prune_options": ((dict,), "a [prune_options] table of the prune method's settings, e.g. period = 100"),
     "train": ((dict,), "a [train] table of TrainConfig fields"),
     "distill": ((dict,), "a [distill] table of DistillConfig fields"),
     "teacher": ((dict,), "a [teacher] table: train, epochs, seed, checkpoint"),
@@ -47,7 +48,7 @@ _LISTS = ("data_fraction", "positions", "seeds", "epochs", "init", "sparsity")
 _TEACHER_KEYS = {f.name for f in dataclasses.fields(TeacherConfig)}
 _RUN_KEYS = {f.name for f in dataclasses.fields(RunConfig)}
 _METHOD_KEYS = ("kind", "model", "dataset", "data", "num_classes", "position", "op", "init", "epochs",
-                "sparsity", "prune", "train", "distill")
+                "sparsity", "prune", "prune_options", "train", "distill")
 
 
 def _closest(word: str, options: Iterable[str]) -> str:
@@ -232,6 +233,9 @@ def _methods(chk: _Checker, raw: dict) -> tuple[Method, ...]:
             chk.add(f"{where}.sparsity", f"{sp!r} is outside [0, 1)")
         if settings.get("prune", "none") not in PRUNE_METHODS:
             chk.add(f"{where}.prune", f"{settings['prune']!r} is not a prune method; allowed: {', '.join(PRUNE_METHODS)}")
+        elif "prune_options" in settings:
+            _check_prune_options(chk, f"{where}.prune_options", settings.get("prune", "none"),
+                                 settings["prune_options"])
         if any(m.name == item["name"] for m in out):
             chk.add(where, f"method name {item['name']!r} is used twice")
         out.append(Method(item["name"], settings))
@@ -289,6 +293,9 @@ def validate(raw: dict, source: str) -> Study:
         chk.add("prune", f"unknown prune method {prune!r}.{_closest(prune, PRUNE_METHODS)} Allowed: {', '.join(PRUNE_METHODS)}")
     elif prune == "none" and any(_is_num(s) and s > 0 for s in sparsity):
         chk.add("prune", 'sparsity > 0 needs a prune method: prune = "dsr", "static" or "gradual"')
+    prune_options = raw.get("prune_options", {})
+    if prune in PRUNE_METHODS:
+        _check_prune_options(chk, "prune_options", prune, prune_options)
     fractions = lists.get("data_fraction", [1.0])
     for f in fractions:
         if not _is_num(f) or not 0.0 < f <= 1.0:
@@ -327,8 +334,21 @@ def validate(raw: dict, source: str) -> Study:
         description=raw.get("description", ""), data=data, num_classes=num_classes,
         data_fraction=tuple(float(f) for f in fractions), positions=positions, candidates=candidates,
         seeds=tuple(seeds), epochs=tuple(epochs), init=tuple(inits),
-        sparsity=tuple(float(s) for s in sparsity), prune=prune, train=dict(train), distill=dict(distill),
+        sparsity=tuple(float(s) for s in sparsity), prune=prune, prune_options=dict(prune_options),
+        train=dict(train), distill=dict(distill),
         teacher=teacher, run=run, methods=methods)
+
+
+def _check_prune_options(chk: _Checker, key: str, method: str, options: Any) -> None:
+    from opswap.sparse.pruning import check_prune_options
+
+    if not isinstance(options, dict):
+        chk.add(key, f"{options!r} has the wrong type; expected a table such as {{ period = 100 }}")
+        return
+    try:
+        check_prune_options(method, options)
+    except ValueError as err:
+        chk.add(key, str(err))
 
 
 def _teacher(chk: _Checker, table: dict) -> TeacherConfig:
