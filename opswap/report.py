@@ -58,19 +58,20 @@ def _text(value) -> str:
     return str(value)
 
 
-def _expected_trials(study_file: Path | None) -> tuple[set[str] | None, set, str]:
-    """The trial ids the study file expands to and its skipped (position, op) pairs, or why not."""
+def _expected_trials(study_file: Path | None) -> tuple[set[str] | None, set, str, str | None]:
+    """The study file's trial ids, skipped (position, op) pairs and reference method, or why not."""
     if study_file is None:
-        return None, set(), "expected trials unknown (no study file given)"
+        return None, set(), "expected trials unknown (no study file given)", None
     try:
         from opswap.study.config import load_study
         from opswap.study.expand import expand_study
 
-        expansion = expand_study(load_study(study_file))
+        study = load_study(study_file)
+        expansion = expand_study(study)
     except Exception as err:  # the report must still be written for a study it cannot expand
-        return None, set(), f"expected trials unknown ({type(err).__name__}: {err})"
+        return None, set(), f"expected trials unknown ({type(err).__name__}: {err})", None
     return ({t.trial_id for t in expansion.trials},
-            {(s.position, s.op) for s in expansion.skipped}, "")
+            {(s.position, s.op) for s in expansion.skipped}, "", study.reference)
 
 
 def _versions(frame: pd.DataFrame) -> pd.DataFrame:
@@ -99,7 +100,7 @@ def _sections(frame: pd.DataFrame, history: pd.DataFrame, *, study: str, results
               study_file: Path | None) -> tuple[list[str], dict[str, list[Block]]]:
     """Summary lines and the report's sections, in order."""
     counts = frame["status"].value_counts().to_dict()
-    expected, skipped, why = _expected_trials(study_file)
+    expected, skipped, why, reference = _expected_trials(study_file)
     done = set(frame["trial_id"])
     summary = [f"{len(frame)} trial records: " + (", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
                                                   or "none yet")]
@@ -122,11 +123,11 @@ def _sections(frame: pd.DataFrame, history: pd.DataFrame, *, study: str, results
             sections["Settings"].append(Block("table", teacher[columns],
                                               "the teacher (trained once, not a compared trial)"))
     results = []
-    for epochs, table in tables.paper_tables(frame, not_applicable=skipped).items():
+    for epochs, table in tables.paper_tables(frame, not_applicable=skipped, reference=reference).items():
         results.append(Block("table", table, f"test accuracy (%), {_budget(epochs)}"))
     if results:
         results.append(Block("text", tables.LEGEND))
-        for epochs, table in tables.delta_tables(frame, not_applicable=skipped).items():
+        for epochs, table in tables.delta_tables(frame, not_applicable=skipped, reference=reference).items():
             results.append(Block("table", table, f"Δ test accuracy vs baseline (percentage points, "
                                  f"Welch 95 % interval), {_budget(epochs)}"))
     sections["Results"] = results or [Block("text", "No finished trials yet.")]
@@ -321,8 +322,7 @@ def resolve_study(study: str | Path, *, results: str | Path = "results",
     name = raw.get("name")
     if not isinstance(name, str) or not name:
         raise ValueError(f'{path}: the study needs a name, e.g. name = "quickstart"')
-    results_dir = Path(raw["results"]) if "results" in raw else Path(results) / name
-    report_dir = Path(raw["reports"]) if "reports" in raw else Path(reports) / name
+    results_dir, report_dir = Path(results) / name, Path(reports) / name
     if not results_dir.is_dir():
         raise FileNotFoundError(f"no results for study {name!r}: {str(results_dir)!r} does not exist "
                                 f"(run `opswap run {path}` first, or pass --results DIR)")

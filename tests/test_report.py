@@ -76,7 +76,7 @@ def test_pending_trials_are_counted_from_the_study(tmp_path, monkeypatch):
     expected = {r["trial_id"] for r in records} | {"pending00001", "pending00002"}
     records.append(make_record(test_acc=93.0, seed=7))  # ran under older settings
     results = write_records(tmp_path / "r", records)
-    monkeypatch.setattr(report, "_expected_trials", lambda study_file: (expected, set(), ""))
+    monkeypatch.setattr(report, "_expected_trials", lambda study_file: (expected, set(), "", None))
     study = tmp_path / "s.toml"
     study.write_text('name = "s"\n')
     index = report.write_report_to(results, tmp_path / "out", study="s", study_file=study)
@@ -106,9 +106,10 @@ def test_cli_writes_the_report_from_a_results_dir_or_a_study_file(tmp_path, caps
     assert main(["report", str(results), "--reports", str(tmp_path / "reports")]) == 0
     assert (tmp_path / "reports" / "quick" / "index.html").is_file()
     study = tmp_path / "quick.toml"
-    study.write_text(f'name = "quick"\nreports = "{tmp_path / "elsewhere"}"\n')
-    assert main(["report", str(study), "--results", str(tmp_path / "results")]) == 0
-    assert (tmp_path / "elsewhere" / "README.md").is_file()
+    study.write_text('name = "quick"\n')
+    assert main(["report", str(study), "--results", str(tmp_path / "results"),
+                 "--reports", str(tmp_path / "elsewhere")]) == 0
+    assert (tmp_path / "elsewhere" / "quick" / "README.md").is_file()
     assert "report:" in capsys.readouterr().out
 
 

@@ -135,7 +135,8 @@ def test_bundled_substitution_study_is_the_papers(tmp_path):
 def test_bundled_methods_studies(tmp_path):
     dsr = expand_study(load_study(ROOT / "studies" / "dynamic_pruning_cnn.toml")).trials
     assert {(t.settings["method"], t.settings["sparsity"], t.settings["prune"]) for t in dsr} == {
-        ("dense", 0.0, "none"), ("dsr", 0.9, "dsr")}
+        ("dense", 0.0, "none"), ("dsr 0.9", 0.9, "dsr"), ("dsr 0.8", 0.8, "dsr")}
+    assert load_study(ROOT / "studies" / "dynamic_pruning_cnn.toml").reference == "dense"
     s = dsr[0].settings
     assert (s["model"], s["epochs"], s["train"]["optimizer"], s["train"]["lr"], s["train"]["batch_size"],
             s["train"]["normalize"], s["train"]["augment"]) == ("tf-cnn", 10, "adam", 0.001, 32, "unit", False)

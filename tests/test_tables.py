@@ -156,3 +156,16 @@ def test_cells_on_a_data_fraction_compare_with_the_baseline_on_the_same_fraction
     cell = long[(long["row"] == "1")].iloc[0]
     assert cell["n_reference"] == 2 and cell["delta"] == pytest.approx(4.0)
     assert sorted(long[long["is_reference"]]["candidate"]) == ["baseline", "baseline · 0.5 data"]
+
+
+def test_methods_are_tested_against_the_reference_method(tmp_path):
+    records = [make_record(test_acc=a, seed=s, model="tf-cnn", method="dense") for s, a in enumerate([47.0, 48.0, 49.0])]
+    records += [make_record(test_acc=a, seed=s, model="tf-cnn", sparsity=0.9, prune="dsr", method="dsr 0.9")
+                for s, a in enumerate([42.0, 43.0, 44.0])]
+    frame = load_results(write_records(tmp_path / "m", records))
+    assert not tables.summary(frame)["is_reference"].any()  # no reference named: nothing to test
+    long = tables.summary(frame, reference="dense").set_index("candidate")
+    assert long.loc["dense", "is_reference"] and long.loc["dsr 0.9", "delta"] == pytest.approx(-5.0)
+    expected = stats.ttest_ind([42.0, 43.0, 44.0], [47.0, 48.0, 49.0], equal_var=False).pvalue
+    assert long.loc["dsr 0.9", "p_value"] == pytest.approx(expected)
+    assert tables.delta_tables(frame, reference="dense")[3].loc["methods", "dsr 0.9"].startswith("-5.00")

@@ -52,10 +52,11 @@ def _row_label(position, model: str, several_models: bool) -> str:
     return f"{model} · {name}" if several_models else name
 
 
-def labelled(frame: pd.DataFrame) -> pd.DataFrame:
+def labelled(frame: pd.DataFrame, reference: str | None = None) -> pd.DataFrame:
     """Trials with `row` (position, "baseline" or "methods") and `candidate` label columns.
 
-    Traditional trials are kept only in a methods study, where every trial names its method.
+    Traditional trials are kept only in a methods study, where every trial names its method;
+    there `reference` names the method the others are compared with (none by default).
     """
     named = frame["method"].notna() if "method" in frame else pd.Series(False, frame.index)
     keep = named | (frame["kind"].fillna("train") != "traditional")
@@ -73,6 +74,8 @@ def labelled(frame: pd.DataFrame) -> pd.DataFrame:
     op = frame["op"].where(frame["op"].notna(), "baseline") if "op" in frame else "baseline"
     dense = pd.to_numeric(frame.get("sparsity", 0.0), errors="coerce").fillna(0.0) == 0
     frame["is_reference"] = ~named & (op == "baseline") & frame["position"].isna() & dense
+    if reference is not None and "method" in frame:
+        frame["is_reference"] |= named & (frame["method"] == reference)
     return frame
 
 
@@ -96,9 +99,12 @@ def _marks(p_value: float) -> str:
 
 
 def summary(frame: pd.DataFrame, metric: str = "test_acc", *,
-            higher_is_better: bool = True) -> pd.DataFrame:
-    """Long table: one row per (epochs, row, candidate) with n, mean, std, Δ, CI, p and marks."""
-    data = labelled(frame)
+            higher_is_better: bool = True, reference: str | None = None) -> pd.DataFrame:
+    """Long table: one row per (epochs, row, candidate) with n, mean, std, Δ, CI, p and marks.
+
+    The reference is the unmodified network, or in a methods study the method named `reference`.
+    """
+    data = labelled(frame, reference)
     out = []
     for epochs, group in data.groupby(data["epochs"].fillna(-1), sort=True):
         ok = group[(group["status"] == "ok") & group[metric].notna()]
@@ -196,21 +202,21 @@ def _blank(not_applicable) -> frozenset:
 
 
 def paper_tables(frame: pd.DataFrame, metric: str = "test_acc", *, digits: int = 2,
-                 higher_is_better: bool = True,
-                 not_applicable=()) -> dict[int | None, pd.DataFrame]:
+                 higher_is_better: bool = True, not_applicable=(),
+                 reference: str | None = None) -> dict[int | None, pd.DataFrame]:
     """One position × candidate table of "mean ± std (n)" text per epoch budget.
 
     `not_applicable`: (position, op) pairs the model cannot take; left empty, not `MISSING`.
     """
-    long = summary(frame, metric, higher_is_better=higher_is_better)
+    long = summary(frame, metric, higher_is_better=higher_is_better, reference=reference)
     return {epochs: _pivot(group, group.apply(_cell, axis=1, digits=digits), _blank(not_applicable))
             for epochs, group in _by_epochs(long)}
 
 
 def delta_tables(frame: pd.DataFrame, metric: str = "test_acc", *, digits: int = 2,
-                 not_applicable=()) -> dict[int | None, pd.DataFrame]:
+                 not_applicable=(), reference: str | None = None) -> dict[int | None, pd.DataFrame]:
     """Per epoch budget: mean minus the baseline mean, with Welch's 95 % interval."""
-    long = summary(frame, metric)
+    long = summary(frame, metric, reference=reference)
     return {epochs: _pivot(group, group.apply(_delta_cell, axis=1, digits=digits),
                            _blank(not_applicable))
             for epochs, group in _by_epochs(long)}

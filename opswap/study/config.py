@@ -94,6 +94,7 @@ class Study:
     teacher: TeacherConfig = TeacherConfig()
     run: RunConfig = RunConfig()
     methods: tuple[Method, ...] = ()
+    reference: str | None = None   # methods studies: the method the others are compared with
 
     @property
     def needs_teacher(self) -> bool:

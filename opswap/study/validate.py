@@ -43,6 +43,7 @@ _TOP: dict[str, tuple[tuple[type, ...], str]] = {
     "teacher": ((dict,), "a [teacher] table: train, epochs, seed, checkpoint"),
     "run": ((dict,), "a [run] table: workers, backend, address, devices, retries, stale_after"),
     "methods": ((list,), '[[methods]] tables, each with name = "..." and settings'),
+    "reference": ((str,), 'the name of the method the others are compared with, e.g. reference = "dense"'),
 }
 _LISTS = ("data_fraction", "positions", "seeds", "epochs", "init", "sparsity")
 _TEACHER_KEYS = {f.name for f in dataclasses.fields(TeacherConfig)}
@@ -313,6 +314,15 @@ def validate(raw: dict, source: str) -> Study:
     methods: tuple[Method, ...] = ()
     if kind == "methods":
         methods = _methods(chk, raw)
+    reference = raw.get("reference")
+    if reference is not None:
+        names = [m.name for m in methods]
+        if kind != "methods":
+            chk.add("reference", "only a methods study names a reference; a substitution study is "
+                                 "compared with its baseline network")
+        elif names and reference not in names:
+            chk.add("reference", f"{reference!r} is not one of the methods.{_closest(reference, names)} "
+                                 f"Methods: {', '.join(names)}")
     if model is not None:
         from opswap import build_model
         try:
@@ -336,7 +346,7 @@ def validate(raw: dict, source: str) -> Study:
         seeds=tuple(seeds), epochs=tuple(epochs), init=tuple(inits),
         sparsity=tuple(float(s) for s in sparsity), prune=prune, prune_options=dict(prune_options),
         train=dict(train), distill=dict(distill),
-        teacher=teacher, run=run, methods=methods)
+        teacher=teacher, run=run, methods=methods, reference=reference)
 
 
 def _check_prune_options(chk: _Checker, key: str, method: str, options: Any) -> None:
