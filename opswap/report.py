@@ -108,7 +108,11 @@ def _sections(frame: pd.DataFrame, history: pd.DataFrame, *, study: str, results
                    if expected is not None else why)
     if expected is not None and done - expected:
         summary.append(f"{len(done - expected)} records are not trials of the study file as it "
-                       "is now (its settings, or opswap's defaults, changed since they ran)")
+                       "is now (its settings, or opswap's defaults, changed since they ran) and "
+                       "are left out of this report")
+        # Tables and figures show the study as it is defined now, never a mix of two versions.
+        frame = frame[frame["trial_id"].isin(expected)]
+        history = history[history["trial_id"].isin(expected)]
     sections: dict[str, list[Block]] = {}
     ok = frame[frame["status"] == "ok"]
     sections["Settings"] = [Block("table", _settings_table(frame), "settings of the trials")]

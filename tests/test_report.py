@@ -83,6 +83,8 @@ def test_pending_trials_are_counted_from_the_study(tmp_path, monkeypatch):
     html = index.read_text()
     assert f"2 of {len(expected)} expected trials pending" in html
     assert "1 records are not trials of the study file as it is now" in html
+    assert "left out of this report" in html
+    assert "90.50 ± 0.71 (2)" in html  # the baseline cell holds the two current trials, not the stale one
     assert "name = &quot;s&quot;" in html                      # the study file is shown
 
 
