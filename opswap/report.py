@@ -58,7 +58,7 @@ def _text(value) -> str:
     return str(value)
 
 
-def _expected_trials(study_file: Path | None) -> tuple[set[str] | None, set, str, str | None]:
+def _expected_trials(study_file: Path | None, overrides=()) -> tuple[set[str] | None, set, str, str | None]:
     """The study file's trial ids, skipped (position, op) pairs and reference method, or why not."""
     if study_file is None:
         return None, set(), "expected trials unknown (no study file given)", None
@@ -66,7 +66,7 @@ def _expected_trials(study_file: Path | None) -> tuple[set[str] | None, set, str
         from opswap.study.config import load_study
         from opswap.study.expand import expand_study
 
-        study = load_study(study_file)
+        study = load_study(study_file, overrides)
         expansion = expand_study(study)
     except Exception as err:  # the report must still be written for a study it cannot expand
         return None, set(), f"expected trials unknown ({type(err).__name__}: {err})", None
@@ -97,10 +97,10 @@ def _short_error(error) -> str:
 
 
 def _sections(frame: pd.DataFrame, history: pd.DataFrame, *, study: str, results_dir: Path,
-              study_file: Path | None) -> tuple[list[str], dict[str, list[Block]]]:
+              study_file: Path | None, overrides=()) -> tuple[list[str], dict[str, list[Block]]]:
     """Summary lines and the report's sections, in order."""
     counts = frame["status"].value_counts().to_dict()
-    expected, skipped, why, reference = _expected_trials(study_file)
+    expected, skipped, why, reference = _expected_trials(study_file, overrides)
     done = set(frame["trial_id"])
     summary = [f"{len(frame)} trial records: " + (", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
                                                   or "none yet")]
@@ -117,8 +117,9 @@ def _sections(frame: pd.DataFrame, history: pd.DataFrame, *, study: str, results
     ok = frame[frame["status"] == "ok"]
     sections["Settings"] = [Block("table", _settings_table(frame), "settings of the trials")]
     if study_file is not None:
+        given = "".join(f" --set {o}" if isinstance(o, str) else f" --set {o[0]}={o[1]!r}" for o in overrides)
         sections["Settings"].append(Block("pre", study_file.read_text(encoding="utf-8"),
-                                          f"study file {study_file}"))
+                                          f"study file {study_file}" + (f", run with{given}" if given else "")))
     teacher_dir = results_dir / "teacher"
     if teacher_dir.is_dir():
         teacher = load_results(teacher_dir)
@@ -274,17 +275,18 @@ def _markdown(title: str, summary: list[str], sections: dict[str, list[Block]]) 
 
 
 def write_report(results_dir: str | Path, out_dir: str | Path = "reports", *, study: str | None = None,
-                 study_file: str | Path | None = None) -> Path:
+                 study_file: str | Path | None = None, overrides=()) -> Path:
     """Write `out_dir/<study>/index.html` and `README.md` (+ PNGs, CSVs); returns index.html.
 
     `out_dir` is the reports root; `study` defaults to the results directory's name.
     """
     study = study or Path(results_dir).resolve().name
-    return write_report_to(results_dir, Path(out_dir) / study, study=study, study_file=study_file)
+    return write_report_to(results_dir, Path(out_dir) / study, study=study, study_file=study_file,
+                           overrides=overrides)
 
 
 def write_report_to(results_dir: str | Path, target: str | Path, *, study: str,
-                    study_file: str | Path | None = None) -> Path:
+                    study_file: str | Path | None = None, overrides=()) -> Path:
     """Write the report files into the directory `target`; returns index.html."""
     results_dir, target = Path(results_dir), Path(target)
     study_file = Path(study_file) if study_file is not None else None
@@ -292,7 +294,7 @@ def write_report_to(results_dir: str | Path, target: str | Path, *, study: str,
         warnings.simplefilter("always")
         frame, history = load_results(results_dir), load_history(results_dir)
     summary, sections = _sections(frame, history, study=study, results_dir=results_dir,
-                                  study_file=study_file)
+                                  study_file=study_file, overrides=overrides)
     summary += list(dict.fromkeys(str(w.message) for w in caught
                                   if issubclass(w.category, UserWarning)))
     target.mkdir(parents=True, exist_ok=True)
@@ -340,12 +342,16 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
                         help="results root holding <study>/ (default: results)")
     parser.add_argument("--reports", default="reports", metavar="DIR",
                         help="reports root; the report goes to DIR/<study>/ (default: reports)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="the overrides the study was run with (opswap run --set ...), so the "
+                             "report knows its trials")
 
 
 def report_main(args: argparse.Namespace) -> int:
     """Write the report and print where it is."""
     name, results_dir, report_dir, study_file = resolve_study(args.study, results=args.results,
                                                               reports=args.reports)
-    index = write_report_to(results_dir, report_dir, study=name, study_file=study_file)
+    index = write_report_to(results_dir, report_dir, study=name, study_file=study_file,
+                            overrides=tuple(args.set))
     print(f"report: {index}\n        {index.with_name('README.md')}")
     return 0

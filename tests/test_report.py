@@ -76,7 +76,7 @@ def test_pending_trials_are_counted_from_the_study(tmp_path, monkeypatch):
     expected = {r["trial_id"] for r in records} | {"pending00001", "pending00002"}
     records.append(make_record(test_acc=93.0, seed=7))  # ran under older settings
     results = write_records(tmp_path / "r", records)
-    monkeypatch.setattr(report, "_expected_trials", lambda study_file: (expected, set(), "", None))
+    monkeypatch.setattr(report, "_expected_trials", lambda study_file, overrides=(): (expected, set(), "", None))
     study = tmp_path / "s.toml"
     study.write_text('name = "s"\n')
     index = report.write_report_to(results, tmp_path / "out", study="s", study_file=study)
@@ -151,3 +151,26 @@ def test_a_study_with_only_its_teacher_done_still_gets_a_report(tmp_path):
     assert "- 0 trial records: none yet" in markdown and "No finished trials yet." in markdown
     assert "**the teacher (trained once, not a compared trial)**" in markdown
     assert "| ok | wrn-16-1 | scratch | 0 | 3 | 54 | 60 |" in markdown
+
+
+def test_report_of_a_study_run_with_overrides_knows_its_trials(tmp_path):
+    from opswap.study import expand_study, load_study
+
+    study = tmp_path / "m.toml"
+    study.write_text('name = "m"\nkind = "methods"\nmodel = "tf-cnn"\ndataset = "cifar10"\nseeds = [0, 1]\n'
+                     'reference = "dense"\n[[methods]]\nname = "dense"\n[[methods]]\nname = "dsr"\n'
+                     'sparsity = 0.9\nprune = "dsr"\n')
+    overrides = ("dataset=synthetic",)
+    records = []
+    for trial, acc in zip(expand_study(load_study(study, overrides)).trials, [47.0, 48.0, 42.0, 43.0]):
+        record = make_record(test_acc=acc, seed=trial.settings["seed"], model="tf-cnn",
+                             method=trial.settings["method"], study="m")
+        record["trial_id"] = trial.trial_id
+        records.append(record)
+    results = write_records(tmp_path / "results" / "m", records)
+    html = report.write_report(results, tmp_path / "reports", study="m", study_file=study,
+                               overrides=overrides).read_text()
+    assert "0 of 4 expected trials pending" in html and "-5.00" in html  # dsr vs the dense reference
+    assert "run with --set dataset=synthetic" in html
+    plain = report.write_report(results, tmp_path / "plain", study="m", study_file=study).read_text()
+    assert "4 records are not trials of the study file" in plain and "-5.00" not in plain

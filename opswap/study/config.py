@@ -7,6 +7,7 @@ reported at once, each naming the file, the key and what is allowed.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 import tomllib
@@ -95,6 +96,7 @@ class Study:
     run: RunConfig = RunConfig()
     methods: tuple[Method, ...] = ()
     reference: str | None = None   # methods studies: the method the others are compared with
+    overrides: tuple[tuple[str, Any], ...] = ()   # --set key=value pairs applied over the file
 
     @property
     def needs_teacher(self) -> bool:
@@ -153,6 +155,8 @@ def load_study(path: str | Path, overrides: Iterable[str | tuple[str, Any]] = ()
         _apply_override(raw, key, value)
     from opswap.study.validate import validate
 
-    return validate(raw, source)
+    pairs = parse_overrides([o for o in overrides if isinstance(o, str)]) + \
+        [tuple(o) for o in overrides if not isinstance(o, str)]
+    return dataclasses.replace(validate(raw, source), overrides=tuple(pairs))
 
 

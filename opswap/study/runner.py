@@ -201,7 +201,8 @@ def run_study(study: Study, *, results_dir: str | Path = "results", trial_fn: Tr
             _say(f"report skipped: {err}")
         else:
             try:
-                written = write_report(root, reports_dir, study=study.name, study_file=study.path)
+                written = write_report(root, reports_dir, study=study.name, study_file=study.path,
+                                       overrides=study.overrides)
                 _say(f"report: {written}")
             except Exception as err:  # the trials are done; a report can be written later
                 _say(f"report failed ({type(err).__name__}: {err}); retry with: opswap report {study.path}")
