@@ -265,6 +265,24 @@ def _key_values(items: list[str], flag: str) -> dict:
     return out
 
 
+def _check_request(args: argparse.Namespace) -> None:
+    """Refuse what cannot run before anything is trained or written."""
+    import opswap
+
+    if args.position is not None:
+        # The same checks as swap(): position range, op name, parameters, shape fit.
+        opswap.swap(opswap.build_model(args.model), {args.position: args.op})
+    if args.init != "scratch" and not args.teacher:
+        raise ValueError(f"--init {args.init} needs --teacher (a teacher checkpoint, .safetensors)")
+    if args.init == "lana" and not args.bank:
+        raise ValueError("--init lana needs --bank (a weight bank written by `opswap distill`)")
+    for flag, path in (("--teacher", args.teacher), ("--bank", args.bank)):
+        if path and not Path(path).is_file():
+            raise FileNotFoundError(f"{flag} {path}: no such file")
+    if args.data and args.dataset in ("npz", "folder") and not Path(args.data).exists():
+        raise FileNotFoundError(f"--data {args.data}: no such file or folder")  # CIFAR roots download
+
+
 def train_main(args: argparse.Namespace) -> int:
     """`opswap train`: one run, its record written under --out."""
     settings = default_settings(
@@ -279,6 +297,7 @@ def train_main(args: argparse.Namespace) -> int:
                "normalize": args.normalize, "augment": not args.no_augment, "compile": args.compile})
     if args.dataset in ("npz", "folder") and not args.data:
         raise ValueError(f"--dataset {args.dataset} needs --data (the .npz file or image folder)")
+    _check_request(args)
     out = Path(args.out)
     trial_id = trial_id_for(settings)
     record = run_trial(copy.deepcopy(settings), trial_id=trial_id, study=args.study or out.name, out_dir=out,

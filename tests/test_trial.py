@@ -175,3 +175,21 @@ def test_prune_options_from_the_command_line(tmp_path, npz, capsys):
     assert main(common + ["--prune-option", "perod=2"]) == 2
     assert "unknown option(s) ['perod']" in capsys.readouterr().err
     assert len(list(tmp_path.glob("*.json"))) == 1  # nothing written for the bad request
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--position", "3", "--op", "identity"], "does not fit position 3"),
+    (["--position", "9", "--op", "mbconv"], "valid positions: 1..6"),
+    (["--op", "mbconv"], "needs a position"),
+    (["--position", "2", "--op", "mbconv", "--init", "lana"], "needs --teacher"),
+    (["--position", "2", "--op", "mbconv", "--init", "random", "--teacher", "missing.safetensors"],
+     "no such file"),
+])
+def test_opswap_train_refuses_bad_requests_before_training(tmp_path, capsys, extra, message):
+    from opswap.cli import main
+
+    out = tmp_path / "out"
+    code = main(["train", "--model", "wrn-16-1", "--dataset", "synthetic", "--epochs", "1",
+                 "--out", str(out)] + extra)
+    assert code == 2 and message in capsys.readouterr().err
+    assert not out.exists()  # nothing written
