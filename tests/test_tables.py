@@ -169,3 +169,11 @@ def test_methods_are_tested_against_the_reference_method(tmp_path):
     expected = stats.ttest_ind([42.0, 43.0, 44.0], [47.0, 48.0, 49.0], equal_var=False).pvalue
     assert long.loc["dsr 0.9", "p_value"] == pytest.approx(expected)
     assert tables.delta_tables(frame, reference="dense")[3].loc["methods", "dsr 0.9"].startswith("-5.00")
+
+
+def test_methods_on_different_networks_are_all_tested_against_the_reference(tmp_path):
+    records = [make_record(test_acc=a, seed=s, model="tf-cnn", method="dense") for s, a in enumerate([47.0, 48.0])]
+    records += [make_record(test_acc=a, seed=s, model="wrn-16-2", method="wrn") for s, a in enumerate([52.0, 53.0])]
+    long = tables.summary(load_results(write_records(tmp_path / "w", records)), reference="dense")
+    wrn = long.set_index("candidate").loc["wrn"]
+    assert wrn["n_reference"] == 2 and wrn["delta"] == pytest.approx(5.0)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import math
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -106,13 +107,15 @@ def summary(frame: pd.DataFrame, metric: str = "test_acc", *,
     """
     data = labelled(frame, reference)
     out = []
+    # Substitutions compare within one network; the methods of a methods study with each other.
+    data["unit"] = np.where(data["row"] == "methods", "methods", data["model"].astype(str))
     for epochs, group in data.groupby(data["epochs"].fillna(-1), sort=True):
         ok = group[(group["status"] == "ok") & group[metric].notna()]
-        for model in group["model"].astype(str).unique():
-            in_model = ok[ok["model"].astype(str) == model]
+        for model in group["unit"].unique():
+            in_model = ok[ok["unit"] == model]
             references = in_model[in_model["is_reference"]]
             fractions = references["data_fraction"].fillna(1.0)
-            cells = group[group["model"].astype(str) == model]
+            cells = group[group["unit"] == model]
             for (row, candidate), cell in cells.groupby(["row", "candidate"], sort=False):
                 # Compare with the reference trained on the same share of the data, when there is one.
                 fraction = cell["data_fraction"].fillna(1.0).iloc[0]
@@ -124,7 +127,9 @@ def summary(frame: pd.DataFrame, metric: str = "test_acc", *,
                 is_reference = bool(cell["is_reference"].all())
                 p, low, high = math.nan, math.nan, math.nan
                 if not is_reference and len(values) >= 2 and len(reference) >= 2:
-                    test = stats.ttest_ind(values, reference, equal_var=False)
+                    with warnings.catch_warnings():  # identical values (std 0): p is still defined
+                        warnings.simplefilter("ignore", RuntimeWarning)
+                        test = stats.ttest_ind(values, reference, equal_var=False)
                     p = float(test.pvalue)
                     if not math.isnan(p):
                         low, high = test.confidence_interval(0.95)
