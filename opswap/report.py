@@ -185,6 +185,10 @@ def _sections(frame: pd.DataFrame, history: pd.DataFrame, *, study: str, results
     ])
     sections["Versions and provenance"] = [Block("table", _versions(frame)),
                                            Block("table", provenance)]
+    # Readers come for the results: the settings follow them, just before provenance.
+    settings = sections.pop("Settings")
+    provenance = sections.pop("Versions and provenance")
+    sections.update({"Settings": settings, "Versions and provenance": provenance})
     return summary, sections
 
 
