@@ -120,9 +120,9 @@ def _sparsify(model, settings: dict, total_steps: int):
     from opswap import sparse
 
     position = settings["position"]
-    # Fresh weights are rescaled by 1/sqrt(1 - s) to keep activations at the dense scale; weights
-    # from a teacher or a weight bank are left exactly as they are.
-    rescale = settings["init"] == "scratch"
+    # Fresh weights (scratch, or a random candidate) are rescaled by 1/sqrt(1 - s) to keep
+    # activations at the dense scale; weights from a teacher or a weight bank are left as they are.
+    rescale = settings["init"] in ("scratch", "random")
     if position:
         import opswap
 
@@ -133,8 +133,10 @@ def _sparsify(model, settings: dict, total_steps: int):
             model.set_submodule(path, converted)
     else:
         sparse.sparsify(model, settings["sparsity"], seed=settings["seed"], rescale=rescale)
-    return sparse.make_pruner(settings["prune"], model, settings["sparsity"], total_steps,
-                              **settings.get("prune_options", {}))
+    options = dict(settings.get("prune_options", {}))
+    if settings["prune"] == "dsr":
+        options.setdefault("seed", settings["seed"])  # regrowth follows the trial's seed
+    return sparse.make_pruner(settings["prune"], model, settings["sparsity"], total_steps, **options)
 
 
 def run_trial(settings: dict, *, trial_id: str | None = None, study: str = "train", out_dir=None,

@@ -194,3 +194,28 @@ def test_pruner_state_round_trips():
 def test_errors_say_what_is_allowed(call, message):
     with pytest.raises(ValueError, match=message):
         call(_net(0.9))
+
+
+@pytest.mark.parametrize("opt", ["adam", "sgd"])
+def test_weights_regrown_where_just_pruned_start_with_no_optimiser_state(opt):
+    """A position pruned and regrown in the same DSR step keeps none of its old momentum."""
+    net = _net(0.8)
+    params = net.parameters()
+    optimizer = torch.optim.Adam(params, lr=1e-2) if opt == "adam" else \
+        torch.optim.SGD(params, lr=0.1, momentum=0.9)
+    pruner = make_pruner("dsr", net, 0.8, 100, period=1, threshold=0.05)
+    pruner.before_training(net, optimizer)
+    x, y = _batch()
+    regrown_seen = 0
+    for step in range(1, 9):
+        optimizer.zero_grad()
+        F.cross_entropy(net(x), y).backward()
+        optimizer.step()
+        pruner.after_step(step)  # period 1: a reallocation every step
+        for _, layer in dynamic_layers(net):
+            fresh = layer.mask & (layer.weight == 0)  # active but exactly zero: just regrown
+            regrown_seen += int(fresh.sum())
+            for value in optimizer.state[layer.weight].values():
+                if torch.is_tensor(value) and value.shape == layer.weight.shape:
+                    assert not value[fresh].any(), "a regrown weight inherited optimiser state"
+    assert regrown_seen > 0

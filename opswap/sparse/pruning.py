@@ -287,6 +287,9 @@ class DSRPruner(MaskPruner):
             layer.weight.mul_(layer.mask)
             survivors.append(layer.nnz)
             capacity.append(layer.mask.numel() - layer.nnz)
+        # Clear the optimiser state of the pruned weights now: a weight regrown below at a
+        # position pruned in this same step must start from zero, not from its old momentum.
+        self.enforce_masks()
         grow = _share(pruned, torch.tensor(survivors), torch.tensor(capacity))
         for layer, n in zip(layers, grow.tolist()):
             if n:
