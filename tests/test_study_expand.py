@@ -166,3 +166,11 @@ def test_prune_options_reach_the_sparse_trials_only(tmp_path):
     dense = [t.settings for t in trials if t.settings["sparsity"] == 0]
     assert sparse and all(s["prune_options"] == {"period": 50} and s["prune"] == "dsr" for s in sparse)
     assert dense and all(s["prune_options"] == {} for s in dense)
+
+
+def test_distillation_sees_the_inputs_the_teacher_was_trained_on(tmp_path):
+    unit = _study(tmp_path, GRID + '[train]\nnormalize = "unit"\naugment = false\n')
+    lana = [t.settings for t in expand_study(unit).trials if t.settings["init"] == "lana"]
+    assert all(s["distill"]["normalize"] == "unit" and s["distill"]["augment"] is False for s in lana)
+    explicit = _study(tmp_path, GRID + '[train]\nnormalize = "unit"\n[distill]\nnormalize = "standard"\n')
+    assert explicit.distill["normalize"] == "standard"  # a [distill] setting still wins

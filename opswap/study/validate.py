@@ -305,6 +305,9 @@ def validate(raw: dict, source: str) -> Study:
     train, distill = raw.get("train", {}), raw.get("distill", {})
     _check_config_table(chk, "train", train, _config_class("opswap.training", "TrainConfig"))
     _check_config_table(chk, "distill", distill, _config_class("opswap.distill", "DistillConfig"))
+    # Candidates imitate the teacher on the inputs it was trained on: same scaling, same augmentation.
+    inherited = {k: train[k] for k in ("normalize", "augment") if k in train}
+    distill = {**inherited, **distill}
     teacher = _teacher(chk, raw.get("teacher", {}))
     run = _run(chk, raw.get("run", {}))
 
