@@ -177,3 +177,16 @@ def test_methods_on_different_networks_are_all_tested_against_the_reference(tmp_
     long = tables.summary(load_results(write_records(tmp_path / "w", records)), reference="dense")
     wrn = long.set_index("candidate").loc["wrn"]
     assert wrn["n_reference"] == 2 and wrn["delta"] == pytest.approx(5.0)
+
+
+def test_scratch_and_teacher_baselines_are_separate_references(tmp_path):
+    records = [make_record(test_acc=a, seed=s, init="scratch") for s, a in enumerate([80.0, 81.0])]
+    records += [make_record(test_acc=a, seed=s, init="teacher") for s, a in enumerate([95.0, 96.0])]
+    records += [make_record(test_acc=a, seed=s, position=1, op="mbconv_e6_k3", init="lana")
+                for s, a in enumerate([94.0, 95.0])]
+    records += [make_record(test_acc=a, seed=s, position=1, op="mbconv_e6_k3", init="scratch")
+                for s, a in enumerate([79.0, 80.0])]
+    long = tables.summary(load_results(write_records(tmp_path / "i", records))).set_index("candidate")
+    assert long.loc["baseline", "mean"] == pytest.approx(95.5) and long.loc["baseline · scratch", "mean"] == 80.5
+    assert long.loc["mbconv_e6_k3", "delta"] == pytest.approx(-1.0)                 # vs the teacher baseline
+    assert long.loc["mbconv_e6_k3 · scratch init", "delta"] == pytest.approx(-1.0)  # vs the scratch baseline

@@ -36,6 +36,8 @@ def candidate_label(row: pd.Series, *, with_data_fraction: bool = True) -> str:
     """The op and what varies about it: `bottleneck_e2 · dsr 0.9 · random init`."""
     op = row.get("op") if _is_set(row.get("op")) else "baseline"
     label = [op]
+    if op == "baseline" and row.get("init") == "scratch":
+        label.append("scratch")  # trained from scratch, not fine-tuned from the teacher
     prune, sparsity = row.get("prune"), row.get("sparsity")
     if _is_set(prune) and prune != "none" and _is_set(sparsity) and sparsity > 0:
         label.append(f"{prune} {sparsity:g}")
@@ -115,12 +117,18 @@ def summary(frame: pd.DataFrame, metric: str = "test_acc", *,
             in_model = ok[ok["unit"] == model]
             references = in_model[in_model["is_reference"]]
             fractions = references["data_fraction"].fillna(1.0)
+            scratch = references["init"].fillna("teacher") == "scratch" if "init" in references else \
+                pd.Series(False, references.index)
             cells = group[group["unit"] == model]
             for (row, candidate), cell in cells.groupby(["row", "candidate"], sort=False):
                 # Compare with the reference trained on the same share of the data, when there is one.
+                # and from scratch for a candidate trained from scratch, else fine-tuned from the teacher.
                 fraction = cell["data_fraction"].fillna(1.0).iloc[0]
-                same = fractions == fraction
-                reference = references.loc[same if same.any() else fractions.notna(), metric].to_numpy(float)
+                cell_scratch = "init" in cell and cell["init"].iloc[0] == "scratch"
+                pick = next((m for m in ((fractions == fraction) & (scratch == cell_scratch),
+                                         fractions == fraction, scratch == cell_scratch) if m.any()),
+                            fractions.notna())
+                reference = references.loc[pick, metric].to_numpy(float)
                 values = in_model.loc[(in_model["row"] == row)
                                       & (in_model["candidate"] == candidate), metric]
                 values = values.to_numpy(float)
