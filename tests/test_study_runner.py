@@ -67,6 +67,20 @@ def test_claim_of_dead_process_is_taken_over(tmp_path):
     assert claim is not None and read_claim(tmp_path / "t1.claim").pid == os.getpid()
 
 
+def test_only_one_runner_takes_over_a_dead_claim(tmp_path):
+    """While another runner holds the takeover lock, a dead claim is left to it."""
+    import fcntl
+
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / "t3.claim").write_text(json.dumps({"pid": int(proc.stdout), "host": os.uname().nodename,
+                                                   "started": 0}))
+    with open(tmp_path / "t3.takeover", "a") as other:
+        fcntl.flock(other, fcntl.LOCK_EX)
+        assert try_claim(tmp_path, "t3") is None
+    claim = try_claim(tmp_path, "t3")  # the lock is free again (as after its holder died)
+    assert claim is not None and read_claim(tmp_path / "t3.claim").pid == os.getpid()
+
+
 def test_claim_with_stale_heartbeat_is_taken_over(tmp_path):
     (tmp_path / "t2.claim").write_text(json.dumps({"pid": 1, "host": "another-host", "started": 0}))
     assert try_claim(tmp_path, "t2", stale_after=60) is None  # other host, fresh heartbeat

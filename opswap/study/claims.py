@@ -9,6 +9,7 @@ take over the same claim.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import socket
@@ -138,19 +139,14 @@ def try_claim(claims_dir: str | Path, trial_id: str, *, stale_after: float = 120
         return Claim(path, interval)
     if claim_is_live(read_claim(path), stale_after):
         return None
-    # Take over a dead claim, under a lock so only one runner does it.
-    lock = claims_dir / f"{trial_id}.takeover"
-    if not _create(lock):
-        info = read_claim(lock)
-        if info is None or claim_is_live(info, 30.0):
-            return None
-        lock.unlink(missing_ok=True)  # its owner died mid-takeover
-        if not _create(lock):
-            return None
-    try:
+    # Take over a dead claim under an exclusive flock, so exactly one runner does it; the kernel
+    # releases the lock if its holder dies, so a crash mid-takeover cannot let two runners in.
+    with open(claims_dir / f"{trial_id}.takeover", "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return None  # another runner is taking it over right now
         if claim_is_live(read_claim(path), stale_after):
             return None
         path.unlink(missing_ok=True)
         return Claim(path, interval) if _create(path) else None
-    finally:
-        lock.unlink(missing_ok=True)
