@@ -251,22 +251,6 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     a("--no-progress", action="store_true")
 
 
-def _key_values(items: list[str], flag: str) -> dict:
-    """`["period=50", "threshold=0.01"]` → `{"period": 50, "threshold": 0.01}` (TOML-typed values)."""
-    import tomllib
-
-    out = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip().isidentifier():
-            raise ValueError(f"{flag} {item!r}: expected KEY=VALUE, e.g. {flag} period=50")
-        try:
-            out[key.strip()] = tomllib.loads(f"v = {raw.strip()}")["v"]
-        except tomllib.TOMLDecodeError:
-            out[key.strip()] = raw.strip()
-    return out
-
-
 def _check_request(args: argparse.Namespace) -> None:
     """Refuse what cannot run before anything is trained or written."""
     import opswap
@@ -287,11 +271,13 @@ def _check_request(args: argparse.Namespace) -> None:
 
 def train_main(args: argparse.Namespace) -> int:
     """`opswap train`: one run, its record written under --out."""
+    from opswap.study.config import parse_overrides
+
     settings = default_settings(
         model=args.model, dataset=args.dataset, data=args.data, epochs=args.epochs, seed=args.seed,
         val_fraction=args.val_fraction, data_fraction=args.data_fraction, position=args.position,
         op=args.op, init=args.init, sparsity=args.sparsity, prune=args.prune, save_weights=args.save_weights,
-        prune_options=_key_values(args.prune_option, "--prune-option"),
+        prune_options=dict(parse_overrides(args.prune_option, "--prune-option", "--prune-option period=50")),
         latency_batch_size=args.latency_batch_size,
         train={"optimizer": args.optimizer, "lr": args.lr, "momentum": args.momentum,
                "weight_decay": args.weight_decay, "schedule": args.schedule, "warmup_epochs": args.warmup_epochs,

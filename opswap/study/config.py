@@ -104,15 +104,15 @@ class Study:
         return self.kind == "substitution" and any(i != "scratch" for i in self.init)
 
 
-def parse_overrides(items: Iterable[str]) -> list[tuple[str, Any]]:
+def parse_overrides(items: Iterable[str], flag: str = "--set",
+                    example: str = "--set epochs=[1] or --set train.lr=0.05") -> list[tuple[str, Any]]:
     """Parse `key=value` strings (dotted keys, TOML-typed values; bare words are strings)."""
     parsed = []
     for item in items:
         key, sep, raw = item.partition("=")
         key = key.strip()
         if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", key):
-            raise StudyError(f"--set {item!r}: expected key=value with a (dotted) key, "
-                             "e.g. --set epochs=[1] or --set train.lr=0.05")
+            raise StudyError(f"{flag} {item!r}: expected key=value with a (dotted) key, e.g. {example}")
         try:
             value = tomllib.loads(f"v = {raw.strip()}")["v"]
         except tomllib.TOMLDecodeError:
