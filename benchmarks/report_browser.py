@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         results = Path(args.results) if args.results else demo_results(Path(tmp))
         start = time.perf_counter()
-        index = write_report(results, Path(args.out or tmp) / "reports")
+        index = write_report(results, Path(args.out or tmp) / "reports" / results.resolve().name)
         written = time.perf_counter() - start
         print(f"report {index}: {index.stat().st_size / 1e6:.2f} MB in {written:.1f} s")
         if browser is None:

@@ -18,14 +18,11 @@ import time
 from pathlib import Path
 
 
-def trivial_trial(settings, *, trial_id, study, out_dir, teacher=None, bank=None, device=None, progress=False):
-    """Writes its record and returns: a trial that costs nothing."""
-    from opswap.study.claims import write_json_atomic
-
-    record = {"schema": 1, "trial_id": trial_id, "study": study, "status": "ok", "error": None, "attempt": 1,
-              "settings": settings, "history": [], "metrics": {}, "env": {}, "timing": {"seconds": 0.0}}
-    write_json_atomic(Path(out_dir) / f"{trial_id}.json", record)
-    return record
+def trivial_trial(settings, *, trial_id, study, weights_path=None, teacher=None, bank=None, device=None,
+                  progress=False):
+    """Returns its record (the runner writes it): a trial that costs nothing."""
+    return {"schema": 1, "trial_id": trial_id, "study": study, "status": "ok", "error": None, "attempt": 1,
+            "settings": dict(settings), "history": [], "metrics": {}, "env": {}, "timing": {"seconds": 0.0}}
 
 
 def _timed(fn) -> float:
@@ -40,8 +37,10 @@ def overhead(n: int) -> dict[str, float]:
     from opswap.study.expand import Trial
 
     trials = [Trial(f"trivial{i:04d}", {"i": i}) for i in range(n)]
+    from opswap.run.record import write_record
+
     with tempfile.TemporaryDirectory() as tmp:
-        direct = _timed(lambda: [trivial_trial(t.settings, trial_id=t.trial_id, study="b", out_dir=tmp)
+        direct = _timed(lambda: [write_record(trivial_trial(t.settings, trial_id=t.trial_id, study="b"), tmp)
                                  for t in trials])
     out = {"direct": direct / n}
     for workers in (1, 2):  # 1: in the runner's process; 2: loky worker processes
@@ -58,12 +57,12 @@ def speedup(n: int, fraction: float, epochs: int) -> dict[str, float]:
     """Wall time of `n` real small trials with 1 and with 2 workers."""
     from opswap.study.execute import run_trials
     from opswap.study.expand import Trial
-    from opswap.trial import default_settings, trial_id_for
+    from opswap.run.spec import TrialSpec
 
     def trials(seeds):
-        settings = [default_settings(model="wrn-10-1", dataset="synthetic", epochs=epochs, seed=s,
-                                     data_fraction=fraction) for s in seeds]
-        return [Trial(trial_id_for(s), s, f"seed {s['seed']}") for s in settings]
+        specs = [TrialSpec.create(model="wrn-10-1", dataset="synthetic", epochs=epochs, seed=s,
+                                  data_fraction=fraction) for s in seeds]
+        return [Trial(s.trial_id, s, f"seed {s.seed}") for s in specs]
 
     times = {}
     for workers in (1, 2):

@@ -272,3 +272,18 @@ def bottleneck(c_in: int, c_out: int, stride: int, *, e: int = 2) -> nn.Module:
                          conv3x3(mid, mid, stride), _bn(mid), nn.ReLU(inplace=True),
                          conv1x1(mid, c_out), _bn(c_out))
     return Residual(body, _proj(c_in, c_out, stride))
+
+
+def ops_table() -> list[dict]:
+    """One row per registered op: name, parameters with defaults, default canonical name, doc."""
+    rows = []
+    for name in list_ops():
+        info = get_op(name)
+        rows.append({
+            "op": name,
+            "params": ", ".join(f"{k}={v!r}" for k, v in info.defaults.items()) or "-",
+            "default": parse_op(name).name,
+            "shape": "c_in=c_out, stride 1 only" if info.same_shape_only else "any",
+            "description": info.doc,
+        })
+    return rows

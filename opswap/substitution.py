@@ -175,3 +175,21 @@ def swap(model: nn.Module, ops: Mapping[int, Any]) -> nn.Module:
         module.train(new.training)
         setattr(parent, leaf, module)
     return new
+
+
+def positions_table(model_name: str, num_classes: int = 10, candidates: list[str] | None = None) -> list[dict]:
+    """One row per position: shape contract, the block's params/MACs, each candidate's params."""
+    from opswap.models import build_model
+
+    model = build_model(model_name, num_classes)
+    names = [parse_op(c).name for c in (candidates or DEFAULT_CANDIDATES)]
+    rows = []
+    for p in positions(model):
+        row = {"pos": p.index, "path": p.path, "c_in": p.c_in, "c_out": p.c_out, "stride": p.stride,
+               "input": f"{p.resolution}x{p.resolution}", "identity_valid": p.identity_valid,
+               "params": p.params, "macs": p.macs}
+        for name in names:
+            fits = not get_op(parse_op(name).family).same_shape_only or p.identity_valid
+            row[name] = count_params(create_op(name, p.c_in, p.c_out, p.stride)) if fits else None
+        rows.append(row)
+    return rows

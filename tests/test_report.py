@@ -21,7 +21,7 @@ def partial(tmp_path_factory):
     records.append(make_record(test_acc=None, op="resnet_e2", position=1, status="failed"))
     results = write_records(tmp / "results" / "demo", records)
     (results / "half-written.json").write_text('{"schema": 1, "trial')
-    index = report.write_report(results, tmp / "reports")
+    index = report.write_report(results, tmp / "reports" / "demo")
     return index, index.read_text(), index.with_name("README.md").read_text()
 
 
@@ -44,7 +44,7 @@ def test_html_has_the_expected_cells_and_marks(partial):
 def test_html_states_partial_status_settings_versions_and_provenance(partial):
     _, html, _ = partial
     assert "18 trial records: 1 failed, 17 ok" in html
-    assert "half-written.json: not readable JSON" in html
+    assert "half-written.json: corrupt trial record" in html
     headings = ("Results", "Learning curves", "Predictability", "Complexity", "Failed trials",
                 "Settings", "Versions and provenance")
     places = [html.find(f"<h2>{heading}</h2>") for heading in headings]
@@ -72,15 +72,16 @@ def test_markdown_has_tables_and_figure_files(partial):
     assert "- 18 trial records: 1 failed, 17 ok" in markdown
 
 
-def test_pending_trials_are_counted_from_the_study(tmp_path, monkeypatch):
+def test_pending_trials_are_counted_from_the_study(tmp_path):
     records = [make_record(test_acc=a, seed=s) for s, a in enumerate([90.0, 91.0])]
     expected = {r["trial_id"] for r in records} | {"pending00001", "pending00002"}
     records.append(make_record(test_acc=93.0, seed=7))  # ran under older settings
     results = write_records(tmp_path / "r", records)
-    monkeypatch.setattr(report, "_expected_trials", lambda study_file, overrides=(): (expected, set(), "", None))
     study = tmp_path / "s.toml"
     study.write_text('name = "s"\n')
-    index = report.write_report_to(results, tmp_path / "out", study="s", study_file=study)
+    context = report.ReportContext(study="s", expected=frozenset(expected), note="", study_file=str(study),
+                                   study_text=study.read_text())
+    index = report.write_report(results, tmp_path / "out", context)
     html = index.read_text()
     assert f"2 of {len(expected)} expected trials pending" in html
     assert "1 records are not trials of the study file as it is now" in html
@@ -118,7 +119,7 @@ def test_cli_writes_the_report_from_a_results_dir_or_a_study_file(tmp_path, caps
 
 @pytest.mark.parametrize("content, message", [
     (None, "neither a study file"), ('name = "ghost"\n', "no results for study 'ghost'"),
-    ("model = 'x'\n", "needs a name"), ("name = [\n", "not valid TOML")])
+    ("model = 'x'\n", "name: missing"), ("name = [\n", "not valid TOML")])
 def test_cli_errors_say_what_is_wrong(tmp_path, capsys, content, message):
     path = tmp_path / "study.toml"
     if content is not None:
@@ -147,7 +148,10 @@ def test_report_renders_in_a_headless_browser(partial, tmp_path):
 def test_a_study_with_only_its_teacher_done_still_gets_a_report(tmp_path):
     results = tmp_path / "results" / "fresh"
     write_records(results / "teacher", [make_record(test_acc=54.0, init="scratch", epochs=3)])
-    index = report.write_report(results, tmp_path / "reports")
+    from opswap.analysis.results import load_results
+
+    context = report.ReportContext(study="fresh", teacher=load_results(results / "teacher"))
+    index = report.write_report(results, tmp_path / "reports" / "fresh", context)
     markdown = index.with_name("README.md").read_text()
     assert "- 0 trial records: none yet" in markdown and "No finished trials yet." in markdown
     assert "**the teacher (trained once, not a compared trial)**" in markdown
@@ -169,9 +173,11 @@ def test_report_of_a_study_run_with_overrides_knows_its_trials(tmp_path):
         record["trial_id"] = trial.trial_id
         records.append(record)
     results = write_records(tmp_path / "results" / "m", records)
-    html = report.write_report(results, tmp_path / "reports", study="m", study_file=study,
-                               overrides=overrides).read_text()
+    common = ["report", str(study), "--results", str(tmp_path / "results")]
+    assert main(common + ["--reports", str(tmp_path / "reports"), "--set", "dataset=synthetic"]) == 0
+    html = (tmp_path / "reports" / "m" / "index.html").read_text()
     assert "0 of 4 expected trials pending" in html and "-5.00" in html  # dsr vs the dense reference
     assert "run with --set dataset=synthetic" in html
-    plain = report.write_report(results, tmp_path / "plain", study="m", study_file=study).read_text()
+    assert main(common + ["--reports", str(tmp_path / "plain")]) == 0
+    plain = (tmp_path / "plain" / "m" / "index.html").read_text()
     assert "4 records are not trials of the study file" in plain and "-5.00" not in plain

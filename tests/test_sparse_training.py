@@ -12,14 +12,15 @@ MINI = Path("/work/shared/data/cifar10-mini.npz")
 def test_a_sparse_trial_records_sparsity_and_bytes(tmp_path):
     import numpy as np
 
-    from opswap.trial import default_settings, run_trial
+    from opswap.run.spec import TrialSpec
+    from opswap.run.trial import run_trial
 
     rng = np.random.default_rng(0)
     images = tmp_path / "tiny.npz"
     np.savez(images, x_train=rng.integers(0, 256, (128, 32, 32, 3), dtype=np.uint8),
              y_train=np.arange(128) % 10, x_test=rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8),
              y_test=np.arange(64) % 10)
-    settings = default_settings(model="tf-cnn", dataset="npz", data=images, epochs=1,
+    settings = TrialSpec.create(model="tf-cnn", dataset="npz", data=images, epochs=1,
                                 sparsity=0.9, prune="dsr", latency_batch_size=0,
                                 train={"optimizer": "adam", "batch_size": 64, "normalize": "unit"})
     record = run_trial(settings)

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from opswap.cli import main as cli
-from opswap.study.config import StudyError, load_study, parse_overrides
+from opswap.study.load import load_study
+from opswap.study.schema import StudyError, parse_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 BAD = sorted((ROOT / "tests" / "bad_studies").glob("*.toml"))

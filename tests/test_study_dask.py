@@ -11,10 +11,10 @@ import pytest
 
 distributed = pytest.importorskip("distributed")
 
-from opswap.study.config import load_study  # noqa: E402
-from opswap.study.execute import read_record  # noqa: E402
+from opswap.study.load import load_study  # noqa: E402
+from opswap.run.record import load_record as read_record  # noqa: E402
 from opswap.study.expand import expand_study  # noqa: E402
-from opswap.study.runner import run_study  # noqa: E402
+from opswap.study.stages import run_study  # noqa: E402
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -28,16 +28,14 @@ seeds = [0, 1]
 """
 
 
-def pid_trial(settings, *, trial_id, study, out_dir, teacher=None, bank=None, device=None, progress=False):
+def pid_trial(spec, *, trial_id, study, weights_path, teacher=None, bank=None, device=None, progress=False):
     """A stand-in trial that records which process ran it."""
     import os
 
-    from opswap.study.claims import write_json_atomic
-
+    settings = spec.to_settings()
     record = {"schema": 1, "trial_id": trial_id, "study": study, "status": "ok", "error": None, "attempt": 1,
               "settings": settings, "history": [], "metrics": {"test_acc": 10.0 + settings["seed"]},
               "env": {"pid": os.getpid()}, "timing": {"seconds": 0.01}}
-    write_json_atomic(os.path.join(out_dir, f"{trial_id}.json"), record)
     return record
 
 
@@ -52,7 +50,7 @@ def test_dask_backend_end_to_end(tmp_path):
         with distributed.Client(cluster.scheduler_address) as client:
             worker_pids = set(client.run(os.getpid).values())
         run = run_study(study, results_dir=tmp_path / "results", trial_fn=pid_trial, backend="dask",
-                        address=cluster.scheduler_address, progress=False, report=False)
+                        address=cluster.scheduler_address, progress=False)
     root = tmp_path / "results" / "on-dask"
     records = [read_record(root, t.trial_id) for t in trials]
     assert run.summary.counts == {"ok": len(trials)}
@@ -63,6 +61,5 @@ def test_dask_backend_end_to_end(tmp_path):
     assert json.loads((root / f"{trials[0].trial_id}.json").read_text())["settings"] == trials[0].settings
 
     # The same study on local processes afterwards finds everything done.
-    again = run_study(study, results_dir=tmp_path / "results", trial_fn=pid_trial, workers=1, progress=False,
-                      report=False)
+    again = run_study(study, results_dir=tmp_path / "results", trial_fn=pid_trial, workers=1, progress=False)
     assert again.summary.counts == {}

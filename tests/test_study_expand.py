@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from opswap.study.config import load_study
-from opswap.study.expand import expand_study, teacher_settings
-from opswap.trial import trial_id_for
+from opswap.study.load import load_study
+from opswap.study.expand import expand_study, teacher_spec
+from opswap.run.spec import trial_id_for
 
 ROOT = Path(__file__).resolve().parents[1]
 GRID = """name = "grid"
@@ -116,7 +116,7 @@ def test_sparsity_variants_and_candidate_tables(tmp_path):
 
 def test_teacher_is_the_baseline_from_scratch(tmp_path):
     study = _study(tmp_path, GRID + "[teacher]\nepochs = 7\nseed = 3\n[train]\nlr = 0.05\n")
-    settings = teacher_settings(study)
+    settings = teacher_spec(study).to_settings()
     assert (settings["init"], settings["op"], settings["position"], settings["epochs"], settings["seed"],
             settings["save_weights"], settings["train"]["lr"]) == ("scratch", "baseline", None, 7, 3, True, 0.05)
 

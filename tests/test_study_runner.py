@@ -15,8 +15,10 @@ from pathlib import Path
 import pytest
 import cloudpickle
 
-from opswap.study.claims import read_claim, try_claim, write_json_atomic
-from opswap.study.execute import read_record, run_trials, trial_state
+from opswap.atomic import write_json as write_json_atomic
+from opswap.run.record import load_record as read_record
+from opswap.study.claims import read_claim, try_claim
+from opswap.study.execute import run_trials, trial_state
 from opswap.study.expand import Trial
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,9 +26,11 @@ ROOT = Path(__file__).resolve().parents[1]
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
-def fake_trial(settings, *, trial_id, study, out_dir, teacher=None, bank=None, device=None, progress=False,
+def fake_trial(spec, *, trial_id, study, weights_path, teacher=None, bank=None, device=None, progress=False,
                attempt=1):
     """A stand-in for run_trial: logs start/end, sleeps, fails or diverges as its settings say."""
+    settings = spec.to_settings() if hasattr(spec, "to_settings") else spec
+    out_dir = os.path.dirname(weights_path)
     with open(os.path.join(out_dir, "ran.log"), "a") as f:
         f.write(f"{trial_id} start {attempt}\n")
     time.sleep(settings.get("seconds", 0.0))
@@ -37,10 +41,9 @@ def fake_trial(settings, *, trial_id, study, out_dir, teacher=None, bank=None, d
     record = {"schema": 1, "trial_id": trial_id, "study": study, "status": status, "error": None,
               "attempt": attempt, "settings": settings, "history": [], "metrics": {"test_acc": 50.0},
               "env": {}, "timing": {"seconds": settings.get("seconds", 0.0)}}
-    write_json_atomic(os.path.join(out_dir, f"{trial_id}.json"), record)
     with open(os.path.join(out_dir, "ran.log"), "a") as f:
         f.write(f"{trial_id} end {attempt}\n")
-    return record
+    return record  # the runner writes it
 
 
 def _events(out: Path) -> list[tuple[str, str]]:
@@ -236,7 +239,7 @@ workers = 2
 
 def test_status_counts_and_time_left(tmp_path, capsys):
     from opswap.cli import main as cli
-    from opswap.study.config import load_study
+    from opswap.study.load import load_study
     from opswap.study.expand import expand_study
 
     path = tmp_path / "small.toml"
@@ -246,7 +249,7 @@ def test_status_counts_and_time_left(tmp_path, capsys):
     root = tmp_path / "results" / "small"
     root.mkdir(parents=True)
     for t, status, attempt in [(trials[0], "ok", 1), (trials[1], "failed", 2)]:
-        write_json_atomic(root / f"{t.trial_id}.json", {"trial_id": t.trial_id, "status": status, "attempt": attempt,
+        write_json_atomic(root / f"{t.trial_id}.json", {"trial_id": t.trial_id, "status": status, "attempt": attempt, "settings": {},
                                                         "timing": {"seconds": 300.0}})
     claim = try_claim(root / "claims", trials[2].trial_id)
     assert cli(["status", str(path), "--results", str(tmp_path / "results")]) == 0
@@ -259,13 +262,13 @@ def test_status_counts_and_time_left(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_real_trials_end_to_end(tmp_path):
-    from opswap.study.config import load_study
-    from opswap.study.runner import run_study
+    from opswap.study.load import load_study
+    from opswap.study.stages import run_study
 
     path = tmp_path / "small.toml"
     path.write_text(SMALL)
     study = load_study(path)
-    run = run_study(study, results_dir=tmp_path / "results", progress=False, report=False)
+    run = run_study(study, results_dir=tmp_path / "results", progress=False)
     root = tmp_path / "results" / "small"
     assert run.summary.counts == {"ok": 2} and run.teacher is None and run.bank is None
     records = [read_record(root, t.trial_id) for t in run.expansion.trials]
@@ -275,4 +278,4 @@ def test_real_trials_end_to_end(tmp_path):
                for r in records)
     assert (root / "summary.csv").read_text().count("\n") == 3
     assert all((root / "logs" / f"{t.trial_id}.log").exists() for t in run.expansion.trials)
-    assert run_study(study, results_dir=tmp_path / "results", progress=False, report=False).summary.counts == {}
+    assert run_study(study, results_dir=tmp_path / "results", progress=False).summary.counts == {}

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from opswap.analysis.traditional import TraditionalConfig, features, fit_evaluate
+from opswap.methods.traditional import TraditionalConfig, features, fit_evaluate
 
 MINI = Path(os.environ.get("OPSWAP_CIFAR10_MINI", "/work/shared/data/cifar10-mini.npz"))
 FAST = TraditionalConfig(latency_repeats=3)

@@ -1,4 +1,4 @@
-"""One run from settings to record: settings, trial ids, records, run_trial and `opswap train`."""
+"""One run from a spec to its record: the typed spec, trial ids, records, run_trial and `opswap train`."""
 import json
 
 import numpy as np
@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from opswap.data import synthetic
-from opswap.records import SCHEMA, read_record, write_record
-from opswap.trial import default_settings, run_trial, trial_id_for
+from opswap.run.record import SCHEMA, read_record, write_record
+from opswap.run.spec import TrialSpec, trial_id_for
+from opswap.run.trial import run_trial
 
 RECORD_KEYS = {"schema", "trial_id", "study", "status", "error", "attempt", "settings", "history",
                "metrics", "env", "timing"}
@@ -32,10 +33,14 @@ def npz(tmp_path_factory):
 
 def quick(npz, **overrides):
     base = dict(model="tf-cnn", dataset="npz", data=npz, epochs=1, batch_size=40, latency_batch_size=8)
-    return default_settings(**{**base, **overrides})
+    return TrialSpec.create(**{**base, **overrides})
 
 
-def test_default_settings_fill_and_resolve_everything():
+def default_settings(**settings) -> dict:
+    return TrialSpec.create(**settings).to_settings()
+
+
+def test_spec_fills_and_resolves_everything():
     s = default_settings(model="wrn-10-1", position=2, op="mbconv", optimizer="adam", lr=3e-3)
     assert {"kind", "model", "dataset", "data", "num_classes", "data_fraction", "position", "op",
             "op_family", "op_params", "init", "seed", "epochs", "sparsity", "prune", "train",
@@ -49,8 +54,10 @@ def test_default_settings_fill_and_resolve_everything():
 @pytest.mark.parametrize("overrides, word", [
     ({"learning_rate": 0.1}, "learning_rate"), ({"init": "imagenet"}, "init"),
     ({"op": "mbconv"}, "position"), ({"optimizer": "lbfgs"}, "optimizer"), ({"sparsity": 1.5}, "sparsity"),
+    ({"model": "wrn-11-1"}, "6n"), ({"data_fraction": 0.0}, "data_fraction"), ({"position": 7, "op": "mbconv"}, "1..6"),
+    ({"epochs": 0}, "epochs"), ({"dataset": "npz"}, "needs data"), ({"seed": True}, "seed"),
 ])
-def test_default_settings_reject_bad_values(overrides, word):
+def test_spec_rejects_bad_values(overrides, word):
     with pytest.raises(ValueError, match=word):
         default_settings(**overrides)
 
@@ -77,24 +84,36 @@ def test_records_are_atomic_json_with_nan_as_null(tmp_path):
         read_record(tmp_path / "old.json")
 
 
-def test_run_trial_writes_a_complete_record(tmp_path, npz):
-    settings = quick(npz)
-    record = run_trial(settings, trial_id=trial_id_for(settings), study="t", out_dir=tmp_path)
+def test_spec_round_trips_through_its_settings():
+    spec = TrialSpec.create(model="wrn-10-1", position=2, op="mbconv_e3_k5", init="lana", sparsity=0.5,
+                            prune="static", distill={"steps": 7}, lr=0.02)
+    assert TrialSpec.from_settings(spec.to_settings()) == spec
+    assert spec.trial_id == trial_id_for(spec.to_settings())
+    assert spec.prune.method == "static" and spec.distill.steps == 7 and spec.train.lr == 0.02
+
+
+def test_run_trial_returns_a_complete_record(tmp_path, npz):
+    spec = quick(npz)
+    record = run_trial(spec, study="t")
     assert record["status"] == "ok", record["error"]
-    on_disk = read_record(tmp_path / f"{trial_id_for(settings)}.json")
+    assert list(tmp_path.iterdir()) == []  # run_trial writes nothing: its caller writes the record once
+    write_record(record, tmp_path)
+    on_disk = read_record(tmp_path / f"{spec.trial_id}.json")
     assert set(on_disk) == RECORD_KEYS and METRIC_KEYS <= set(on_disk["metrics"])
     m = on_disk["metrics"]
     assert m["params"] == 122_570 and m["dense_bytes"] == 4 * 122_570 and m["csr_bytes"] is None
     assert m["op_params_count"] is None and m["latency_ms_b1"] > 0 and m["latency_batch_size"] == 8
-    assert len(on_disk["history"]) == 1 and on_disk["settings"] == settings
+    assert len(on_disk["history"]) == 1 and on_disk["settings"] == spec.to_settings()
     assert on_disk["env"]["device"] == "cpu" and on_disk["timing"]["seconds"] > 0
+    assert on_disk["env"]["git_commit"] == "unknown" or len(on_disk["env"]["git_commit"].split("+")[0]) == 40
 
 
 def test_exceptions_become_failed_records(tmp_path, npz):
-    settings = quick(npz, model="wrn-11-1")
-    record = run_trial(settings, trial_id="f" * 12, study="t", out_dir=tmp_path)
-    assert record["status"] == "failed" and "6n+4" in record["error"]
-    assert read_record(tmp_path / ("f" * 12 + ".json"))["status"] == "failed"
+    bank = tmp_path / "bank.safetensors"
+    bank.write_text("not a bank")
+    spec = quick(npz, model="wrn-10-1", position=2, op="mbconv", init="lana")
+    record = run_trial(spec, trial_id="f" * 12, study="t", teacher=str(bank), bank=str(bank))
+    assert record["status"] == "failed" and "is not a safetensors file" in record["error"]
 
 
 def test_exploding_learning_rate_is_recorded_as_diverged(npz):
@@ -103,10 +122,9 @@ def test_exploding_learning_rate_is_recorded_as_diverged(npz):
 
 
 def test_teacher_then_random_init_at_a_position(tmp_path, npz):
-    teacher_settings = quick(npz, model="wrn-10-1", save_weights=True)
-    teacher_id = trial_id_for(teacher_settings)
-    assert run_trial(teacher_settings, trial_id=teacher_id, study="t", out_dir=tmp_path)["status"] == "ok"
-    weights = tmp_path / f"{teacher_id}.safetensors"
+    teacher = quick(npz, model="wrn-10-1", save_weights=True)
+    weights = tmp_path / f"{teacher.trial_id}.safetensors"
+    assert run_trial(teacher, study="t", weights_path=weights)["status"] == "ok"
     assert weights.is_file()
     settings = quick(npz, model="wrn-10-1", position=2, op="conv_bn_e1", init="random")
     record = run_trial(settings, trial_id="r" * 12, study="t", teacher=str(weights))
@@ -114,10 +132,11 @@ def test_teacher_then_random_init_at_a_position(tmp_path, npz):
     assert record["metrics"]["op_params_count"] > 0 and record["metrics"]["distill_loss"] is None
     missing = run_trial(settings, trial_id="m" * 12, study="t")
     assert missing["status"] == "failed" and "teacher" in missing["error"]
-    plain = run_trial({**settings, "init": "teacher"}, trial_id="p" * 12, study="t", teacher=str(weights))
-    assert plain["status"] == "failed" and "init 'lana'" in plain["error"]
+    with pytest.raises(ValueError, match="init 'lana'"):
+        settings.replace(init="teacher")
     same = run_trial(quick(npz, model="wrn-10-1", init="teacher", lr=1e-12, save_weights=True),
-                     trial_id="s" * 12, study="t", teacher=str(weights), out_dir=tmp_path / "again")
+                     trial_id="s" * 12, study="t", teacher=str(weights),
+                     weights_path=tmp_path / "again" / ("s" * 12 + ".safetensors"))
     assert same["status"] == "ok", same["error"]
     from safetensors.torch import load_file
 
@@ -152,7 +171,7 @@ def test_opswap_train_command(tmp_path, npz, capsys):
 def test_same_settings_give_the_same_record_from_scratch(npz):
     """Fresh weights follow the trial's seed, so a rerun reproduces the history exactly."""
     settings = quick(npz, model="wrn-10-1", position=1, op="mbconv")
-    first, second = run_trial(dict(settings)), run_trial(dict(settings))
+    first, second = run_trial(settings), run_trial(settings)
     strip = lambda h: [{k: v for k, v in row.items() if k not in ("seconds", "images_per_s")} for row in h]
     assert first["status"] == second["status"] == "ok"
     assert strip(first["history"]) == strip(second["history"])
@@ -179,17 +198,18 @@ def test_prune_options_from_the_command_line(tmp_path, npz, capsys):
 
 @pytest.mark.parametrize("extra,message", [
     (["--position", "3", "--op", "identity"], "does not fit position 3"),
-    (["--position", "9", "--op", "mbconv"], "valid positions: 1..6"),
+    (["--position", "9", "--op", "mbconv"], "positions are 1..6"),
+    (["--model", "wrn-11-1"], "6n+4"), (["--data-fraction", "0"], "data_fraction"),
     (["--op", "mbconv"], "needs a position"),
     (["--position", "2", "--op", "mbconv", "--init", "lana"], "needs --teacher"),
     (["--position", "2", "--op", "mbconv", "--init", "random", "--teacher", "missing.safetensors"],
-     "no such file"),
+     "does not exist"),
 ])
 def test_opswap_train_refuses_bad_requests_before_training(tmp_path, capsys, extra, message):
     from opswap.cli import main
 
     out = tmp_path / "out"
     code = main(["train", "--model", "wrn-16-1", "--dataset", "synthetic", "--epochs", "1",
-                 "--out", str(out)] + extra)
+                 "--out", str(out)] + extra)  # a later --model replaces the first
     assert code == 2 and message in capsys.readouterr().err
     assert not out.exists()  # nothing written

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from opswap.analysis.delta import with_delta
 from opswap.analysis.tables import labelled
 
 NUMERIC_PREDICTORS = ["distill_loss", "replace1_acc", "params", "macs", "op_params_count",
@@ -30,11 +31,8 @@ def points(frame: pd.DataFrame, target: str = "test_acc", *, level: str = "cell"
     """Swapped trials (baseline excluded) with `target` and `delta` (vs the baseline mean)."""
     if level not in ("cell", "trial"):
         raise ValueError(f"level must be 'cell' or 'trial', not {level!r}")
-    data = labelled(frame)
+    data = with_delta(labelled(frame), target)  # the tables' Δ (opswap.analysis.delta)
     data = data[(data["status"] == "ok") & data[target].notna()].copy()
-    reference = (data[data["is_reference"]].groupby("epochs")[target].mean()
-                 if data["is_reference"].any() else pd.Series(dtype=float))
-    data["delta"] = data[target] - data["epochs"].map(reference).astype(float)
     data = data[~data["is_reference"] & data["position"].notna()]
     numeric = [c for c in NUMERIC_PREDICTORS if c in data]
     for column in numeric + [target, "delta"]:

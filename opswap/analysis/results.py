@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
 
-SCHEMA = 1
+from opswap.atomic import atomic_path
+from opswap.run.record import read_records
 
 # Columns every results frame has, in this order, even when no record sets them.
 ID_COLUMNS = ["trial_id", "study", "status", "error", "attempt"]
@@ -40,42 +40,6 @@ _INTEGER_COLUMNS = ["attempt", "num_classes", "position", "seed", "epochs", "par
 _FLOAT_COLUMNS = ["data_fraction", "sparsity", "test_acc", "test_loss", "best_test_acc",
                   "train_acc", "train_loss", "val_acc", "latency_ms_b1", "latency_ms_batch",
                   "measured_sparsity", "distill_loss", "replace1_acc", "seconds"]
-
-
-def _record_files(path: str | Path | Iterable[str | Path]) -> list[Path]:
-    """The JSON files in a directory (not its subfolders, e.g. teacher/), a file, or a list."""
-    if not isinstance(path, (str, Path)):
-        return [f for p in path for f in _record_files(p)]
-    path = Path(path)
-    if path.is_file():
-        return [path]
-    if not path.is_dir():
-        raise FileNotFoundError(
-            f"results path {str(path)!r} does not exist: give a results directory "
-            "(results/<study>/) or a trial record (.json)")
-    return sorted(p for p in path.glob("*.json") if not p.name.startswith("."))
-
-
-def read_records(path: str | Path | Iterable[str | Path]) -> list[dict]:
-    """Every readable trial record under `path`; other files are skipped with a warning."""
-    records = []
-    for file in _record_files(path):
-        try:
-            record = json.loads(file.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            warnings.warn(f"skipping {file}: not readable JSON ({err})", stacklevel=2)
-            continue
-        if not isinstance(record, dict) or "trial_id" not in record or "settings" not in record:
-            warnings.warn(f"skipping {file}: not a trial record (no trial_id/settings)",
-                          stacklevel=2)
-            continue
-        if record.get("schema", SCHEMA) != SCHEMA:
-            warnings.warn(f"skipping {file}: record schema {record.get('schema')!r}, "
-                          f"this opswap reads schema {SCHEMA}", stacklevel=2)
-            continue
-        record["_file"] = str(file)
-        records.append(record)
-    return records
 
 
 def _scalar(value):
@@ -172,13 +136,13 @@ def _storable(frame: pd.DataFrame) -> pd.DataFrame:
 def export(frame: pd.DataFrame, path: str | Path) -> Path:
     """Write a results/history frame as Parquet (`.parquet`) or CSV (`.csv`)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".parquet":
-        _storable(frame).to_parquet(path, index=False)
-    elif path.suffix == ".csv":
-        _storable(frame).to_csv(path, index=False)
-    else:
+    if path.suffix not in (".parquet", ".csv"):
         raise ValueError(f"cannot export to {str(path)!r}: use a .parquet or .csv file name")
+    with atomic_path(path) as tmp:
+        if path.suffix == ".parquet":
+            _storable(frame).to_parquet(tmp, index=False)
+        else:
+            _storable(frame).to_csv(tmp, index=False)
     return path
 
 

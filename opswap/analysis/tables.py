@@ -16,6 +16,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from opswap.analysis.delta import reference_values
+
 MISSING = "—"
 BEST = "▲"
 NOT_TESTABLE = "°"
@@ -108,27 +110,16 @@ def summary(frame: pd.DataFrame, metric: str = "test_acc", *,
     The reference is the unmodified network, or in a methods study the method named `reference`.
     """
     data = labelled(frame, reference)
+    refs = reference_values(data, metric)
     out = []
-    # Substitutions compare within one network; the methods of a methods study with each other.
     data["unit"] = np.where(data["row"] == "methods", "methods", data["model"].astype(str))
     for epochs, group in data.groupby(data["epochs"].fillna(-1), sort=True):
         ok = group[(group["status"] == "ok") & group[metric].notna()]
         for model in group["unit"].unique():
             in_model = ok[ok["unit"] == model]
-            references = in_model[in_model["is_reference"]]
-            fractions = references["data_fraction"].fillna(1.0)
-            scratch = references["init"].fillna("teacher") == "scratch" if "init" in references else \
-                pd.Series(False, references.index)
             cells = group[group["unit"] == model]
             for (row, candidate), cell in cells.groupby(["row", "candidate"], sort=False):
-                # Compare with the reference trained on the same share of the data, when there is one.
-                # and from scratch for a candidate trained from scratch, else fine-tuned from the teacher.
-                fraction = cell["data_fraction"].fillna(1.0).iloc[0]
-                cell_scratch = "init" in cell and cell["init"].iloc[0] == "scratch"
-                pick = next((m for m in ((fractions == fraction) & (scratch == cell_scratch),
-                                         fractions == fraction, scratch == cell_scratch) if m.any()),
-                            fractions.notna())
-                reference = references.loc[pick, metric].to_numpy(float)
+                reference = refs[cell.index[0]]  # the one Δ definition (opswap.analysis.delta)
                 values = in_model.loc[(in_model["row"] == row)
                                       & (in_model["candidate"] == candidate), metric]
                 values = values.to_numpy(float)

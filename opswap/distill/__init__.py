@@ -8,9 +8,8 @@
 """
 from opswap.distill.apply import load_teacher, random_init_model, replace1_accuracy, substituted_model
 from opswap.distill.bank import BankEntry, WeightBank, teacher_fingerprint
-from opswap.distill.cli import add_distill_arguments, distill_main
 from opswap.distill.engine import DistillConfig, distill_bank, normalised_mse, valid_pairs
 
 __all__ = ["DistillConfig", "distill_bank", "normalised_mse", "valid_pairs", "WeightBank", "BankEntry",
            "teacher_fingerprint", "load_teacher", "substituted_model", "random_init_model",
-           "replace1_accuracy", "add_distill_arguments", "distill_main"]
+           "replace1_accuracy"]

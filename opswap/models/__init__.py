@@ -41,8 +41,8 @@ def build_model(name: str, num_classes: int = 10, **kwargs) -> nn.Module:
 def _register_with_timm() -> None:
     """Register wrn_<d>_<k> builders with timm, so `timm.create_model("wrn_40_2")` works."""
     try:
+        from timm import is_model
         from timm.models import register_model
-        from timm.models._registry import _model_entrypoints
     except ImportError:  # timm is a dependency, but the models must not need it
         return
 
@@ -60,7 +60,7 @@ def _register_with_timm() -> None:
         return builder
 
     for depth, widen in _LISTED_WRN:
-        if f"wrn_{depth}_{widen}" not in _model_entrypoints:
+        if not is_model(f"wrn_{depth}_{widen}"):
             register_model(make(depth, widen))
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import logging
 import os
 import socket
@@ -21,13 +20,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from opswap.study.claims import claim_is_live, read_claim, try_claim, write_json_atomic
+from opswap.run.record import DONE, failed_record, load_record, record_state, write_record
+from opswap.study.claims import claim_is_live, read_claim, try_claim
 from opswap.study.expand import Trial
 
-__all__ = ["DONE", "TrialOutcome", "RunSummary", "run_trials", "record_path", "read_record", "trial_state",
-           "resolve_devices"]
+__all__ = ["TrialOutcome", "RunSummary", "run_trials", "trial_state", "resolve_devices", "TrialFn"]
 
-DONE = ("ok", "diverged")
 TrialFn = Callable[..., dict]
 
 
@@ -64,30 +62,22 @@ class _Context:
     bank: str | None
 
 
-def record_path(out_dir: str | Path, trial_id: str) -> Path:
-    """Where a trial's record lives."""
-    return Path(out_dir) / f"{trial_id}.json"
-
-
-def read_record(out_dir: str | Path, trial_id: str) -> dict | None:
-    """A trial's record, or None when missing or unreadable."""
-    try:
-        record = json.loads(record_path(out_dir, trial_id).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return record if isinstance(record, dict) and record.get("trial_id") == trial_id else None
+def _done(out_dir: str | Path, trial_id: str) -> dict | None:
+    """The trial's record when it is finished (ok or diverged), else None."""
+    record = load_record(out_dir, trial_id)
+    return record if isinstance(record, dict) and record.get("status") in DONE else None
 
 
 def trial_state(out_dir: str | Path, trial_id: str, *, retries: int = 1, stale_after: float = 120.0) -> str:
-    """`done`, `failed` (no retries left), `running` (live claim), `retry` or `pending`."""
-    record = read_record(out_dir, trial_id)
-    if record is not None and record.get("status") in DONE:
-        return "done"
+    """`done`, `running` (live claim), `failed` (no retries left), `retry`, `preempted`, `corrupt`
+    (a record file that cannot be read: it will be re-run) or `pending`."""
+    record = load_record(out_dir, trial_id)
+    state = record_state(record, retries=retries)
+    if state == "done":
+        return state
     if claim_is_live(read_claim(Path(out_dir) / "claims" / f"{trial_id}.claim"), stale_after):
         return "running"
-    if record is not None:
-        return "failed" if int(record.get("attempt") or 1) > retries else "retry"
-    return "pending"
+    return state
 
 
 def resolve_devices(devices: str | Sequence[str] = "auto") -> tuple[str, ...]:
@@ -134,17 +124,8 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _failed_record(trial: Trial, study: str, error: str, started: str, seconds: float) -> dict:
-    import platform
-
-    return {"schema": 1, "trial_id": trial.trial_id, "study": study, "status": "failed", "error": error,
-            "attempt": 1, "settings": trial.settings, "history": [], "metrics": {},
-            "env": {"python": platform.python_version(), "hostname": socket.gethostname()},
-            "timing": {"started": started, "finished": _now(), "seconds": seconds}}
-
-
 def _default_trial_fn() -> TrialFn:
-    from opswap.trial import run_trial
+    from opswap.run.trial import run_trial
 
     return run_trial
 
@@ -170,8 +151,9 @@ def _attempt(trial: Trial, ctx: _Context, attempt: int, device: str, log) -> dic
     try:
         with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
             kwargs = {"attempt": attempt} if _takes_attempt(fn) else {}
-            record = fn(trial.settings, trial_id=trial.trial_id, study=ctx.study, out_dir=str(out_dir),
-                        teacher=ctx.teacher, bank=ctx.bank, device=device, progress=False, **kwargs)
+            record = fn(trial.spec, trial_id=trial.trial_id, study=ctx.study, teacher=ctx.teacher,
+                        bank=ctx.bank, device=device, progress=False,
+                        weights_path=out_dir / f"{trial.trial_id}.safetensors", **kwargs)
         if not isinstance(record, dict):
             raise TypeError(f"the trial function returned {type(record).__name__}, not a record dict")
     except Exception as err:  # a failed trial never stops the study
@@ -179,9 +161,10 @@ def _attempt(trial: Trial, ctx: _Context, attempt: int, device: str, log) -> dic
         log.write(tb)
         lines = [ln for ln in tb.strip().splitlines() if ln.strip()]
         error = "\n".join(lines[-6:]) or repr(err)
-        record = _failed_record(trial, ctx.study, error, started, time.perf_counter() - t0)
+        record = failed_record(trial.settings, trial_id=trial.trial_id, study=ctx.study, error=error,
+                               started=started, seconds=time.perf_counter() - t0)
     record["attempt"] = attempt
-    write_json_atomic(record_path(out_dir, trial.trial_id), record)
+    write_record(record, out_dir)  # the one write of this attempt's record
     log.write(f"[{_now()}] attempt {attempt}: {record.get('status')} in {time.perf_counter() - t0:.1f} s\n"
               + (f"{record.get('error')}\n" if record.get("error") else ""))
     log.flush()
@@ -191,8 +174,8 @@ def _attempt(trial: Trial, ctx: _Context, attempt: int, device: str, log) -> dic
 def _execute(trial: Trial, ctx: _Context) -> TrialOutcome:
     """Worker side: claim the trial, run it (retrying failures), release the claim."""
     out_dir = Path(ctx.out_dir)
-    previous = read_record(out_dir, trial.trial_id)
-    if previous is not None and previous.get("status") in DONE:
+    previous = _done(out_dir, trial.trial_id)
+    if previous is not None:
         return TrialOutcome(trial.trial_id, "done", int(previous.get("attempt") or 1))
     claim = try_claim(out_dir / "claims", trial.trial_id, stale_after=ctx.stale_after)
     if claim is None:
@@ -200,9 +183,11 @@ def _execute(trial: Trial, ctx: _Context) -> TrialOutcome:
     t0 = time.perf_counter()
     with claim:
         # Read again under the claim: another runner may have finished it meanwhile.
-        previous = read_record(out_dir, trial.trial_id)
-        if previous is not None and previous.get("status") in DONE:
+        previous = load_record(out_dir, trial.trial_id)
+        if isinstance(previous, dict) and previous.get("status") in DONE:
             return TrialOutcome(trial.trial_id, "done", int(previous.get("attempt") or 1))
+        if not isinstance(previous, dict) or previous.get("status") == "preempted":
+            previous = None  # corrupt (re-run from scratch) or pre-empted (resumes): no attempt used up
         first = int(previous.get("attempt") or 1) + 1 if previous is not None else 1
         last = first + ctx.retries if ctx.retry_failed else ctx.retries + 1
         if first > last:
@@ -283,8 +268,7 @@ def run_trials(trials: Sequence[Trial], *, study: str, out_dir: str | Path, tria
     ctx = _Context(study, str(out_dir), trial_fn, retries, retry_failed, stale_after, slots, threads, teacher, bank)
     say = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
     outcomes: dict[str, TrialOutcome] = {}
-    todo = [t for t in trials if read_record(out_dir, t.trial_id) is None
-            or read_record(out_dir, t.trial_id).get("status") not in DONE]
+    todo = [t for t in trials if _done(out_dir, t.trial_id) is None]
     labels = {t.trial_id: t.label for t in trials}
     bar = tqdm(total=len(trials), initial=len(trials) - len(todo), desc=study, unit="trial",
                disable=not progress or not sys.stderr.isatty(), dynamic_ncols=True)

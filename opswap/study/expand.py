@@ -12,18 +12,25 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
-from opswap.study.config import Study, model_positions
+from opswap.distill.engine import DistillConfig
+from opswap.run.spec import TrialSpec, model_positions, trial_id_for
+from opswap.study.schema import Study
 
-__all__ = ["Trial", "Skipped", "Expansion", "expand_study", "teacher_settings", "teacher_ref"]
+__all__ = ["Trial", "Skipped", "Expansion", "expand_study", "teacher_spec", "teacher_ref"]
 
 
 @dataclass(frozen=True)
 class Trial:
-    """One run of a study: its id (hash of the settings), settings and a readable label."""
+    """One run of a study: its id (hash of the spec's settings), its spec and a readable label."""
 
     trial_id: str
-    settings: dict[str, Any] = field(hash=False, compare=False)
+    spec: TrialSpec = field(hash=False, compare=False)
     label: str = ""
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The canonical settings (what the record stores); a stand-in trial's plain dict as it is."""
+        return self.spec.to_settings() if isinstance(self.spec, TrialSpec) else dict(self.spec)
 
 
 @dataclass(frozen=True)
@@ -43,12 +50,9 @@ class Expansion:
     skipped: tuple[Skipped, ...] = ()
 
 
-def _trial(overrides: dict[str, Any], label: str, extra: dict[str, Any] | None = None) -> Trial:
-    from opswap.trial import default_settings, trial_id_for
-
-    settings = default_settings(**overrides)
-    settings.update(extra or {})
-    return Trial(trial_id_for(settings), settings, label)
+def _trial(settings: dict[str, Any], label: str) -> Trial:
+    spec = TrialSpec.create(**settings)
+    return Trial(spec.trial_id, spec, label)
 
 
 def _common(study: Study) -> dict[str, Any]:
@@ -56,11 +60,9 @@ def _common(study: Study) -> dict[str, Any]:
             "num_classes": study.num_classes, "train": dict(study.train)}
 
 
-def teacher_settings(study: Study) -> dict[str, Any]:
-    """Settings of the study's teacher: the baseline network from scratch, weights saved."""
-    from opswap.trial import default_settings
-
-    return default_settings(**_common(study), position=None, op="baseline", init="scratch",
+def teacher_spec(study: Study) -> TrialSpec:
+    """The study's teacher: the baseline network from scratch, weights saved."""
+    return TrialSpec.create(**_common(study), position=None, op="baseline", init="scratch",
                             seed=study.teacher.seed, epochs=study.teacher.epochs, save_weights=True)
 
 
@@ -78,9 +80,7 @@ def teacher_ref(study: Study) -> str | None:
 
         digest = hashlib.sha256(Path(study.teacher.checkpoint).expanduser().read_bytes()).hexdigest()
         return f"checkpoint:sha256:{digest[:16]}"
-    from opswap.trial import trial_id_for
-
-    return f"trained:{trial_id_for(teacher_settings(study))}"
+    return f"trained:{teacher_spec(study).trial_id}"
 
 
 def _fmt_sparsity(s: float, prune: str) -> str:
@@ -88,7 +88,7 @@ def _fmt_sparsity(s: float, prune: str) -> str:
 
 
 def _substitution(study: Study) -> Expansion:
-    from opswap import valid_ops
+    from opswap.substitution import valid_ops
 
     model, table = model_positions(study.model, study.num_classes)
     shapes = {p.index: p for p in table}
@@ -97,8 +97,6 @@ def _substitution(study: Study) -> Expansion:
     skipped = [Skipped(pos, name, f"{name} cannot change the shape; position {pos} maps "
                        f"{shapes[pos].c_in}→{shapes[pos].c_out} channels with stride {shapes[pos].stride}")
                for pos in study.positions for name in names if name not in fits[pos]]
-    from opswap.distill.engine import DistillConfig
-
     distill = DistillConfig(**study.distill).to_dict()
     teacher = teacher_ref(study)
     trials: list[Trial] = []
@@ -122,7 +120,7 @@ def _substitution(study: Study) -> Expansion:
                 if name not in fits[pos]:
                     continue
                 for init in study.init:
-                    extra = {"distill": distill} if init == "lana" else {}
+                    extra: dict[str, Any] = {"distill": distill} if init == "lana" else {}
                     if init != "scratch":
                         extra["teacher"] = teacher
                     trials.append(_trial({**base, "position": pos, "op": name, "init": init, **extra},
@@ -143,8 +141,8 @@ def _methods(study: Study) -> Expansion:
             if settings.get("kind") == "traditional":
                 settings["train"] = {}
             # The method's label travels in the record, so tables and figures can name it.
-            trials.append(_trial(settings, f"{method.name} data={fraction:g} seed={seed} epochs={epochs}",
-                                 {"method": method.name}))
+            trials.append(_trial({**settings, "method": method.name},
+                                 f"{method.name} data={fraction:g} seed={seed} epochs={epochs}"))
     return Expansion(_unique(trials))
 
 

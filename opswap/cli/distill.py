@@ -5,17 +5,15 @@ import argparse
 from pathlib import Path
 
 from opswap.data import DATASETS
+from opswap.run.trial import check_safetensors
 from opswap.distill.apply import load_teacher, replace1_accuracy
 from opswap.distill.bank import WeightBank
 from opswap.distill.engine import DistillConfig, distill_bank, valid_pairs
 
-__all__ = ["add_distill_arguments", "distill_main"]
-
 _DEFAULTS = DistillConfig()
 
 
-def add_distill_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of `opswap distill`."""
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = parser.add_argument
     p("--teacher", required=True, metavar="CKPT", help="teacher checkpoint (safetensors)")
     p("--model", required=True, metavar="M", help="the teacher's model name, e.g. wrn-40-2")
@@ -23,18 +21,18 @@ def add_distill_arguments(parser: argparse.ArgumentParser) -> None:
     p("--data", metavar="PATH", help="dataset root or file, where the dataset needs one")
     p("--positions", default="all", help="comma-separated positions, or 'all' (default)")
     p("--ops", default="all", help="comma-separated op names, or 'all' (default): every candidate that fits")
-    p("--steps", type=int, default=_DEFAULTS.steps, help=f"steps per pair (default {_DEFAULTS.steps})")
-    p("--batch-size", type=int, default=_DEFAULTS.batch_size, help=f"default {_DEFAULTS.batch_size}")
-    p("--optimizer", choices=("adam", "sgd"), default=_DEFAULTS.optimizer)
-    p("--lr", type=float, default=_DEFAULTS.lr, help=f"default {_DEFAULTS.lr}")
-    p("--schedule", choices=("cosine", "constant"), default=_DEFAULTS.schedule)
-    p("--weight-decay", type=float, default=_DEFAULTS.weight_decay)
+    p("--steps", type=int, default=_DEFAULTS.steps, help="distillation steps per pair")
+    p("--batch-size", type=int, default=_DEFAULTS.batch_size, help="")
+    p("--optimizer", choices=("adam", "sgd"), default=_DEFAULTS.optimizer, help="optimiser of every candidate")
+    p("--lr", type=float, default=_DEFAULTS.lr, help="")
+    p("--schedule", choices=("cosine", "constant"), default=_DEFAULTS.schedule, help="learning-rate schedule")
+    p("--weight-decay", type=float, default=_DEFAULTS.weight_decay, help="weight decay")
     p("--max-pairs", type=int, default=None, metavar="N",
       help="train at most N pairs at once (the teacher then runs once per chunk); default: all")
-    p("--seed", type=int, default=_DEFAULTS.seed)
+    p("--seed", type=int, default=_DEFAULTS.seed, help="seed of the candidates' weights and the data order")
     p("--no-augment", action="store_true", help="no random crop and flip")
     p("--normalize", choices=("standard", "unit"), default=_DEFAULTS.normalize,
-      help="input scaling the teacher was trained with (default standard: mean/std)")
+      help="input scaling the teacher was trained with (standard: mean/std; unit: [0, 1])")
     p("--out", required=True, metavar="BANK", help="weight bank file to write (.safetensors)")
     p("--resume", action="store_true", help="keep the pairs already in --out, distil only the others")
     p("--replace1", action="store_true", help="also measure replace-1 accuracy of every pair")
@@ -53,8 +51,7 @@ def _csv(text: str, convert=str) -> list:
                          "such as 1,7,18") from None
 
 
-def distill_main(args: argparse.Namespace) -> int:
-    """Run `opswap distill`."""
+def main(args: argparse.Namespace) -> int:
     from opswap.data import load_dataset
 
     config = DistillConfig(steps=args.steps, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
@@ -62,6 +59,9 @@ def distill_main(args: argparse.Namespace) -> int:
                            max_pairs_at_once=args.max_pairs, seed=args.seed, augment=not args.no_augment,
                            normalize=args.normalize)
     out = Path(args.out)
+    check_safetensors(args.teacher, "--teacher")
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a directory; give the weight bank's file name, e.g. {out / 'bank.safetensors'}")
     if out.exists() and not args.resume:
         raise ValueError(f"{out} exists; pass --resume to add the missing pairs to it, or choose another --out")
     positions = "all" if args.positions.strip() == "all" else _csv(args.positions, int)

@@ -1,31 +1,32 @@
-"""Running a study in stages — teacher → distillation bank → trials → summary → report.
+"""Running a study in stages — teacher → distillation bank → trials → summary.
 
 Each stage is idempotent, in the manner of pycls/NASLib: the teacher is a trial (skipped when its
 record and weights exist), the LANA weight bank is rebuilt only when its inputs change, trials
-already done never run again, and the summary is re-read from the records. `opswap run` and
-`opswap status` live here.
+already done never run again, and the summary is re-read from the records. The report is the
+caller's last stage (`opswap.report.write_report`, from what `report_inputs` gives it).
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
+import logging
 import os
-import sys
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from opswap.atomic import atomic_path, write_text
+from opswap.run.record import load_record, record_path
 from opswap.study.claims import try_claim
-from opswap.study.config import BACKENDS, Study, load_study
-from opswap.study.execute import (RunSummary, TrialFn, read_record, record_path, resolve_devices,
-                                  run_trials, trial_state)
-from opswap.study.expand import Expansion, Trial, expand_study, teacher_settings
+from opswap.study.execute import RunSummary, TrialFn, resolve_devices, run_trials, trial_state
+from opswap.study.schema import Study
+from opswap.study.expand import Expansion, Trial, expand_study, teacher_spec
 
 __all__ = ["StudyRun", "StudyStatus", "run_study", "study_status", "prepare_teacher", "prepare_bank",
-           "write_summary", "add_run_arguments", "run_main", "add_status_arguments", "status_main"]
+           "write_summary", "plan", "report_inputs", "ReportInputs"]
+
+log = logging.getLogger("opswap")
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,6 @@ class StudyRun:
     teacher: str | None = None
     bank: str | None = None
     summary_csv: str | None = None
-    report: str | None = None
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ class StudyStatus:
 
 
 def _say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    log.info(msg)
 
 
 def _sha256(path: Path) -> str:
@@ -72,24 +72,24 @@ def prepare_teacher(study: Study, results_dir: Path, *, trial_fn: TrialFn | None
         return None
     if study.teacher.checkpoint is not None:
         return str(Path(study.teacher.checkpoint).expanduser())
-    from opswap.trial import trial_id_for
-
-    settings = teacher_settings(study)
-    trial = Trial(trial_id_for(settings), settings, f"teacher {study.model} {study.teacher.epochs} epochs")
+    spec = teacher_spec(study)
+    trial = Trial(spec.trial_id, spec, f"teacher {study.model} {study.teacher.epochs} epochs")
     out = results_dir / "teacher"
     weights = out / f"{trial.trial_id}.safetensors"
-    record = read_record(out, trial.trial_id)
-    if record is not None and record.get("status") == "ok" and weights.is_file():
+    record = load_record(out, trial.trial_id)
+    ok = isinstance(record, dict) and record.get("status") == "ok"
+    if ok and weights.is_file():
         return str(weights)
-    if record is not None and record.get("status") == "ok":
+    if ok:
         record_path(out, trial.trial_id).unlink()  # weights lost: train it again
     _say(f"teacher: training {trial.label} ({trial.trial_id})")
     run_trials([trial], study=f"{study.name}-teacher", out_dir=out, trial_fn=trial_fn, workers=1,
                devices=devices, retries=study.run.retries, stale_after=study.run.stale_after,
                progress=progress, retry_failed=True)
-    record = read_record(out, trial.trial_id)
-    if record is None or record.get("status") != "ok" or not weights.is_file():
-        why = (record or {}).get("error") or (record or {}).get("status") or "no record"
+    record = load_record(out, trial.trial_id)
+    record = record if isinstance(record, dict) else {}
+    if record.get("status") != "ok" or not weights.is_file():
+        why = record.get("error") or record.get("status") or "no record"
         raise RuntimeError(f"the teacher of study {study.name!r} did not train ({why}); see "
                            f"{out / 'logs' / (trial.trial_id + '.log')}")
     return str(weights)
@@ -131,7 +131,7 @@ def _build_bank(study: Study, pairs: list[tuple[int, str]], teacher: str, path: 
                 device: str | None, progress: bool) -> None:
     import torch
 
-    from opswap import load_dataset
+    from opswap.data import load_dataset
     from opswap.distill.apply import load_teacher, replace1_accuracy
     from opswap.distill.engine import DistillConfig, distill_bank
 
@@ -146,9 +146,7 @@ def _build_bank(study: Study, pairs: list[tuple[int, str]], teacher: str, path: 
     replace1_accuracy(model, bank, data, device=device, progress=progress)
     key_file.unlink(missing_ok=True)
     bank.save(path)
-    tmp = key_file.with_name(f".bank.key.{os.getpid()}")
-    tmp.write_text(key + "\n")
-    os.replace(tmp, key_file)
+    write_text(key_file, key + "\n")
     _say(f"bank: {len(pairs)} pairs in {time.perf_counter() - t0:.0f} s → {path}")
 
 
@@ -158,27 +156,25 @@ def write_summary(study: Study, expansion: Expansion, results_dir: Path) -> str 
     files = [f for f in files if f.is_file()]
     if not files:
         return None
-    from opswap import load_results
+    from opswap.analysis.results import load_results
 
     path = results_dir / "summary.csv"
     frame = load_results(files)
-    tmp = path.with_name(".summary.csv.tmp")
-    frame.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
     return str(path)
 
 
 def run_study(study: Study, *, results_dir: str | Path = "results", trial_fn: TrialFn | None = None,
               workers: int | str | None = None, backend: str | None = None, address: str | None = None,
-              retry_failed: bool = False, progress: bool = True, report: bool = True,
-              reports_dir: str | Path = "reports") -> StudyRun:
+              retry_failed: bool = False, progress: bool = True) -> StudyRun:
     """Run every stage of a study; finished work is never redone."""
     run = study.run
-    run = replace(run, workers=workers or run.workers, backend=backend or run.backend,
-                  address=address or run.address)
+    run = run.model_copy(update={"workers": workers or run.workers, "backend": backend or run.backend,
+                                 "address": address or run.address})
     root = Path(results_dir) / study.name
     expansion = expand_study(study)
-    _say(_plan(study, expansion, root, run.retries))
+    _say(plan(study, expansion, root, run.retries))
     root.mkdir(parents=True, exist_ok=True)
     teacher = prepare_teacher(study, root, trial_fn=trial_fn, devices=run.devices, progress=progress)
     bank = prepare_bank(study, expansion, teacher, root, progress=progress)
@@ -193,30 +189,18 @@ def run_study(study: Study, *, results_dir: str | Path = "results", trial_fn: Tr
     csv = write_summary(study, expansion, root)
     counts = ", ".join(f"{n} {k}" for k, n in sorted(summary.counts.items())) or "nothing to run"
     _say(f"{study.name}: {counts}; records in {root}" + (f", summary {csv}" if csv else ""))
-    written = None
-    if report and csv:
-        try:
-            from opswap.report import write_report
-        except ImportError as err:
-            _say(f"report skipped: {err}")
-        else:
-            try:
-                written = write_report(root, reports_dir, study=study.name, study_file=study.path,
-                                       overrides=study.overrides)
-                _say(f"report: {written}")
-            except Exception as err:  # the trials are done; a report can be written later
-                _say(f"report failed ({type(err).__name__}: {err}); retry with: opswap report {study.path}")
-    return StudyRun(study.name, str(root), expansion, summary, teacher, bank, csv,
-                    str(written) if written else None)
+    return StudyRun(study.name, str(root), expansion, summary, teacher, bank, csv)
 
 
-def _plan(study: Study, expansion: Expansion, root: Path, retries: int) -> str:
+def plan(study: Study, expansion: Expansion, root: Path, retries: int) -> str:
     states = [trial_state(root, t.trial_id, retries=retries, stale_after=study.run.stale_after)
               for t in expansion.trials]
-    done = states.count("done")
+    done, running, failed = states.count("done"), states.count("running"), states.count("failed")
+    corrupt = states.count("corrupt")
     lines = [f"study {study.name} ({study.path}): {len(expansion.trials)} trials, {done} already done, "
-             f"{states.count('running')} running elsewhere, {states.count('failed')} failed (no retries left), "
-             f"{len(expansion.trials) - done - states.count('running') - states.count('failed')} to run"]
+             f"{running} running elsewhere, {failed} failed (no retries left), "
+             f"{len(expansion.trials) - done - running - failed} to run"
+             + (f" ({corrupt} of them with a corrupt record, which will be re-run)" if corrupt else "")]
     lines += [f"  skipped: position {s.position} × {s.op}: {s.reason}" for s in expansion.skipped]
     return "\n".join(lines)
 
@@ -225,90 +209,18 @@ def study_status(study: Study, results_dir: str | Path = "results") -> StudyStat
     """Counts of done / running / failed / pending trials and an estimate of the time left."""
     root = Path(results_dir) / study.name
     expansion = expand_study(study)
-    counts = {"done": 0, "running": 0, "failed": 0, "pending": 0}
+    counts = {"done": 0, "running": 0, "failed": 0, "pending": 0, "preempted": 0, "corrupt": 0}
     seconds = []
     for t in expansion.trials:
         state = trial_state(root, t.trial_id, retries=study.run.retries, stale_after=study.run.stale_after)
         counts["pending" if state == "retry" else state] += 1
-        record = read_record(root, t.trial_id) if state == "done" else None
-        if record is not None and (record.get("timing") or {}).get("seconds") is not None:
+        record = load_record(root, t.trial_id) if state == "done" else None
+        if isinstance(record, dict) and (record.get("timing") or {}).get("seconds") is not None:
             seconds.append(float(record["timing"]["seconds"]))
     mean = sum(seconds) / len(seconds) if seconds else None
     slots = resolve_devices(study.run.devices)
     workers = study.run.workers if study.run.workers != "auto" else \
         (len(slots) if slots[0] != "cpu" else max(1, (os.cpu_count() or 1) // 4))
-    left = counts["pending"] + counts["running"] * 0.5
+    left = counts["pending"] + counts["preempted"] + counts["corrupt"] + counts["running"] * 0.5
     eta = mean * left / max(1, int(workers)) if mean is not None else None
     return StudyStatus(study.name, len(expansion.trials), counts, mean, eta)
-
-
-# -- command line -------------------------------------------------------------------------------
-
-def _common_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("study", help="the study file (TOML), e.g. studies/quickstart.toml")
-    parser.add_argument("--results", default="results", metavar="DIR",
-                        help="results root; records go to DIR/<study>/ (default: results)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a study key (dotted, TOML value), e.g. --set epochs=[1] --set train.lr=0.05")
-
-
-def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of `opswap run`."""
-    _common_arguments(parser)
-    parser.add_argument("--workers", type=int, metavar="N", help="parallel trials (default: the study's [run] workers)")
-    parser.add_argument("--backend", choices=BACKENDS, help="loky (local processes) or dask (a dask.distributed cluster)")
-    parser.add_argument("--address", metavar="A", help="dask scheduler address, e.g. tcp://10.0.0.1:8786")
-    parser.add_argument("--retry-failed", action="store_true", help="run failed trials again, with a fresh retry budget")
-    parser.add_argument("--dry-run", action="store_true", help="list the trials and skipped pairs; write nothing")
-    parser.add_argument("--no-report", action="store_true", help="do not write the report at the end")
-    parser.add_argument("--reports", default="reports", metavar="DIR", help="where the report goes (default: reports)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-
-
-def _load(args: argparse.Namespace, extra: Iterable[tuple[str, Any]] = ()) -> Study:
-    return load_study(args.study, list(args.overrides) + list(extra))
-
-
-def run_main(args: argparse.Namespace) -> int:
-    """`opswap run STUDY`: run every stage of the study; finished trials are skipped."""
-    if args.workers is not None and args.workers < 1:
-        raise ValueError(f"--workers must be >= 1, got {args.workers}")
-    extra = [("run.backend", args.backend)] if args.backend else []
-    extra += [("run.address", args.address)] if args.address else []
-    study = _load(args, extra)
-    if args.dry_run:
-        expansion = expand_study(study)
-        root = Path(args.results) / study.name
-        print(_plan(study, expansion, root, study.run.retries))
-        for t in expansion.trials:
-            state = trial_state(root, t.trial_id, retries=study.run.retries, stale_after=study.run.stale_after)
-            print(f"{t.trial_id}  {state:<8} {t.label}")
-        return 0
-    result = run_study(study, results_dir=args.results, workers=args.workers, retry_failed=args.retry_failed,
-                       progress=not args.no_progress, report=not args.no_report, reports_dir=args.reports)
-    return 1 if result.summary.counts.get("failed") else 0
-
-
-def add_status_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of `opswap status`."""
-    _common_arguments(parser)
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    h, rest = divmod(seconds, 3600)
-    return f"{h}h{rest // 60:02d}m" if h else f"{rest // 60}m{rest % 60:02d}s"
-
-
-def status_main(args: argparse.Namespace) -> int:
-    """`opswap status STUDY`: done / running / failed / pending, and the time left."""
-    status = study_status(_load(args), args.results)
-    c = status.counts
-    print(f"{status.study}: {status.total} trials — {c['done']} done, {c['running']} running, "
-          f"{c['failed']} failed, {c['pending']} pending")
-    if status.mean_seconds is not None:
-        eta = "done" if status.eta_seconds == 0 else f"about {_duration(status.eta_seconds)} left"
-        print(f"mean trial {_duration(status.mean_seconds)}; {eta}")
-    elif c["pending"]:
-        print("no finished trial yet: no estimate of the time left")
-    return 0

@@ -1,0 +1,1 @@
+"""Methods that are not networks: the traditional (hand-crafted features) baseline."""

@@ -1,0 +1,188 @@
+"""One run, from a `TrialSpec` to its record: the path shared by `opswap train` and every study trial.
+
+A trial builds the network (from scratch, or the teacher with a candidate at one position,
+initialised LANA-style from the weight bank or at random), optionally makes it sparse (DSR,
+Mostafa & Wang 2019), trains it with `opswap.training.train`, measures it and returns one record
+(docs/records.md). Failures become records too: status `failed` with a one-line reason, or
+`diverged`. The caller writes the record (`opswap.run.record.write_record`), once.
+"""
+from __future__ import annotations
+
+import functools
+import time
+import traceback
+from pathlib import Path
+
+from opswap.run.record import json_safe, new_record, now
+from opswap.run.spec import TrialSpec
+
+__all__ = ["run_trial", "check_inputs", "check_safetensors"]
+
+
+@functools.lru_cache(maxsize=2)
+def _dataset(name: str, root: str | None, val_fraction: float, train_fraction: float, seed: int):
+    from opswap.data import load_dataset
+
+    return load_dataset(name, root, val_fraction=val_fraction, train_fraction=train_fraction, seed=seed)
+
+
+def _error_text(err: BaseException) -> str:
+    lines = traceback.format_exception(type(err), err, err.__traceback__)
+    return "".join(lines[-3:]).strip()
+
+
+def check_inputs(spec: TrialSpec, *, teacher: str | None = None, bank: str | None = None) -> None:
+    """Refuse, before any work, a trial whose teacher or bank is missing or unreadable."""
+    needs_teacher = spec.kind == "train" and (spec.init != "scratch" or spec.train.kd_weight > 0)
+    if needs_teacher and teacher is None:
+        why = f"init {spec.init!r}" if spec.init != "scratch" else "train.kd_weight > 0"
+        raise ValueError(f"{why} needs a teacher checkpoint (safetensors); none was given")
+    if spec.kind == "train" and spec.init == "lana" and spec.position is not None and bank is None:
+        raise ValueError("init 'lana' needs a weight bank (opswap distill writes one); none was given")
+    if needs_teacher:
+        check_safetensors(teacher, "teacher checkpoint")
+    if spec.init == "lana" and bank is not None:
+        check_safetensors(bank, "weight bank")
+
+
+def check_safetensors(path, what: str) -> None:
+    """ValueError naming `path` unless it is a readable safetensors file (only its header is read)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{what} {str(path)!r} is a directory; expected a .safetensors file")
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {str(path)!r} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            f.keys()
+    except Exception as err:  # safetensors raises its own error types for a foreign file
+        raise ValueError(f"{what} {str(path)!r} is not a safetensors file ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else 'unreadable header'})") from None
+
+
+def _build(spec: TrialSpec, num_classes: int, teacher: str | None, bank: str | None):
+    """The network to train and the metrics its initialisation yields."""
+    from opswap.models import build_model
+    from opswap.substitution import swap
+    from opswap.training import load_weights
+
+    extra = {"distill_loss": None, "replace1_acc": None}
+    swapped = spec.position is not None and spec.op != "baseline"
+    if spec.init == "scratch":
+        model = build_model(spec.model, num_classes=num_classes)
+        return (swap(model, {spec.position: spec.op}) if swapped else model), extra
+    base = load_weights(build_model(spec.model, num_classes=num_classes), teacher)
+    if spec.init == "teacher" or spec.position is None:
+        return base, extra
+    if spec.init == "random":
+        return swap(base, {spec.position: spec.op}), extra
+    from opswap.distill import WeightBank, substituted_model
+
+    weights = WeightBank.load(bank)
+    entry = weights.entry(spec.position, spec.op)
+    extra = {"distill_loss": entry.distill_loss, "replace1_acc": entry.replace1_acc}
+    return substituted_model(base, weights, spec.position, spec.op), extra
+
+
+def _sparsify(model, spec: TrialSpec, total_steps: int):
+    """Make the swapped op (or the whole model) sparse and build its pruner."""
+    from opswap import sparse
+    from opswap.substitution import positions
+
+    # Fresh weights (scratch, or a random candidate) are rescaled by 1/sqrt(1 - s) to keep
+    # activations at the dense scale; weights from a teacher or a weight bank are left as they are.
+    rescale = spec.init in ("scratch", "random")
+    sparsity = spec.prune.sparsity
+    if spec.position:
+        path = positions(model)[spec.position - 1].path
+        block = model.get_submodule(path)
+        converted = sparse.sparsify(block, sparsity, seed=spec.seed, rescale=rescale)
+        if converted is not block:
+            model.set_submodule(path, converted)
+    else:
+        sparse.sparsify(model, sparsity, seed=spec.seed, rescale=rescale)
+    options = dict(spec.prune.options)
+    if spec.prune.method == "dsr":
+        options.setdefault("seed", spec.seed)  # regrowth follows the trial's seed
+    return sparse.make_pruner(spec.prune.method, model, sparsity, total_steps, **options)
+
+
+def run_trial(spec: TrialSpec, *, trial_id: str | None = None, study: str = "train", teacher=None, bank=None,
+              device=None, progress: bool = False, attempt: int = 1, weights_path=None) -> dict:
+    """Run one trial and return its record (not written: the caller writes it once).
+
+    `teacher` and `bank` are paths (a safetensors checkpoint, a weight bank); with
+    `spec.save_weights` the trained weights go to `weights_path`.
+    """
+    from opswap.training import resolve_device
+
+    if isinstance(spec, dict):
+        spec = TrialSpec.from_settings(spec)
+    trial_id = trial_id or spec.trial_id
+    device = resolve_device(device)
+    record = new_record(spec.to_settings(), trial_id=trial_id, study=study, attempt=attempt, device=device)
+    t0 = time.perf_counter()
+    try:
+        _run(record, spec, teacher, bank, device, progress, weights_path)
+    except Exception as err:  # a trial never takes its runner down: the failure is the record
+        record.update(status="failed", error=_error_text(err))
+    record["timing"].update(finished=now(), seconds=time.perf_counter() - t0)
+    return json_safe(record)  # what is returned is what is written: plain JSON, NaN as null
+
+
+def _run(record, spec: TrialSpec, teacher, bank, device, progress, weights_path) -> None:
+    data = _dataset(spec.dataset, spec.data, spec.val_fraction, spec.data_fraction, spec.seed)
+    if spec.num_classes != data.num_classes:
+        raise ValueError(f"settings say num_classes={spec.num_classes} but dataset "
+                         f"{spec.dataset!r} has {data.num_classes} classes")
+    if spec.kind == "traditional":
+        from opswap.methods.traditional import fit_evaluate
+
+        record["metrics"] = fit_evaluate(data, seed=spec.seed)
+        record["status"] = "ok"
+        return
+    import torch
+
+    from opswap.substitution import complexity, positions
+    from opswap.training import load_weights, measure_latency, save_weights, train
+
+    check_inputs(spec, teacher=teacher, bank=bank)
+    torch.manual_seed(spec.seed)  # fresh weights (scratch, random init) follow the seed
+    model, extra = _build(spec, data.num_classes, teacher, bank)
+    params, macs = complexity(model, (1, 3, 32, 32))
+    pos = positions(model)[spec.position - 1] if spec.position else None
+    config = spec.train
+    teacher_model = None
+    if config.kd_weight > 0:
+        teacher_model = load_weights(_fresh(spec, data.num_classes), teacher)
+    pruner = None
+    if spec.prune.active:
+        steps = config.epochs * -(-len(data.y_train) // config.batch_size)
+        pruner = _sparsify(model, spec, steps)
+    result = train(model, data, config, device=device, teacher=teacher_model, pruner=pruner,
+                   progress=progress, eval_split="val" if data.x_val is not None else "test")
+    metrics = {**result.metrics, "params": params, "macs": macs,
+               "op_params_count": pos.params if pos else None, "op_macs": pos.macs if pos else None}
+    batch = spec.latency_batch_size
+    metrics["latency_ms_b1"] = measure_latency(model, 1, device=device) if batch else None
+    metrics["latency_ms_batch"] = measure_latency(model, batch, device=device, warmup=2, repeats=5) if batch else None
+    metrics["latency_batch_size"] = batch or None
+    if pruner is not None:
+        from opswap.sparse import sparsity_report
+
+        metrics.update(sparsity_report(model))
+    else:
+        metrics.update(sparsity=0.0, layer_sparsity={}, nonzero_params=params, dense_bytes=4 * params,
+                       csr_bytes=None)
+    metrics.update(extra)
+    record.update(status=result.status, error=result.error, history=result.history, metrics=metrics)
+    if spec.save_weights and weights_path is not None and result.status == "ok":
+        save_weights(model, Path(weights_path), {"trial_id": record["trial_id"]})
+
+
+def _fresh(spec: TrialSpec, num_classes: int):
+    from opswap.models import build_model
+
+    return build_model(spec.model, num_classes=num_classes)

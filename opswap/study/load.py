@@ -1,0 +1,264 @@
+"""`load_study`: a TOML study file → a validated `Study`, every problem reported at once.
+
+The schema (`schema.py`) checks the file's shape and types; here come the checks that need
+values: ranges, names (with the closest valid one for a misspelling), the model and its
+positions, the op registry, the prune options, and paths that must exist.
+"""
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from opswap.data import DATASETS
+from opswap.run.spec import model_positions
+from opswap.sparse.pruning import PRUNE_METHODS, check_prune_options
+from opswap.study.schema import (_EXPECTED, _METHOD_KEYS, _NAME, STUDY_INITS, STUDY_KINDS, Candidate, Method,
+                                 Problems, RunConfig, Study, StudyError, StudyFile, TeacherConfig, _closest,
+                                 apply_override, check_table, parse_overrides)
+
+__all__ = ["load_study", "validate"]
+
+_NUM_CLASSES = {"cifar100": 100}
+
+
+def load_study(path: str | Path, overrides: Iterable[str | tuple[str, Any]] = ()) -> Study:
+    """Read and validate a study file; `overrides` are `key=value` strings or (key, value) pairs."""
+    path = Path(path)
+    source = str(path)
+    if not path.is_file():
+        raise StudyError(f"{source}: no such study file" + (" (it is a directory)" if path.is_dir() else ""))
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise StudyError(f"{source}: not valid TOML: {err}") from None
+    overrides = list(overrides)
+    pairs = parse_overrides([o for o in overrides if isinstance(o, str)]) + \
+        [tuple(o) for o in overrides if not isinstance(o, str)]
+    for key, value in pairs:
+        apply_override(raw, key, value)
+    return dataclasses.replace(validate(raw, source), overrides=tuple(pairs))
+
+
+def validate(raw: dict, source: str) -> Study:
+    """Check a parsed study (after overrides) and build the `Study`; raise `StudyError` listing every problem."""
+    problems = Problems(source)
+    try:
+        parsed = StudyFile.model_validate(raw)
+    except ValidationError as err:
+        problems.pydantic(err, raw=raw, expected=_EXPECTED, fields=StudyFile.model_fields)
+        problems.raise_if_any()
+    study = _resolve(parsed, problems, source)
+    problems.raise_if_any()
+    return study
+
+
+def _path(problems: Problems, key: str, path: str | None, what: str, *, parent_ok: bool = False) -> None:
+    if path is None:
+        return
+    p = Path(path).expanduser()
+    if p.exists() or (parent_ok and p.parent.exists()):
+        return
+    problems.add(key, f"{what} {str(p)!r} does not exist (relative paths are read from the current "
+                 f"directory {str(Path.cwd())!r})")
+
+
+def _resolve(f: StudyFile, problems: Problems, source: str) -> Study:
+    if not _NAME.match(f.name):
+        problems.add("name", f"{f.name!r} cannot name a results folder; use letters, digits, '-', '_' and '.'")
+    kind = f.kind or ("methods" if f.methods else "substitution")
+    if kind not in STUDY_KINDS:
+        problems.add("kind", f"{kind!r} is not a study kind; allowed: {', '.join(STUDY_KINDS)}{_closest(kind, STUDY_KINDS)}")
+    if f.dataset not in DATASETS:
+        problems.add("dataset", f"unknown dataset {f.dataset!r}.{_closest(f.dataset, DATASETS)} Allowed: {', '.join(DATASETS)}")
+    if f.dataset in ("npz", "folder") and f.data is None:
+        problems.add("data", f'dataset {f.dataset!r} needs its root: data = "path/to/'
+                     f'{"file.npz" if f.dataset == "npz" else "folder"}"')
+    _path(problems, "data", f.data, "dataset root", parent_ok=f.dataset in ("cifar10", "cifar100"))
+    num_classes = f.num_classes if f.num_classes is not None else _NUM_CLASSES.get(f.dataset, 10)
+    if num_classes < 2:
+        problems.add("num_classes", f"{num_classes} is not allowed; a classifier needs at least 2 classes")
+    if kind != "methods" and f.model is None:
+        problems.add("model", f"missing; {_EXPECTED['model']}")
+    if not f.seeds or any(s < 0 for s in f.seeds) or len(set(f.seeds)) != len(f.seeds):
+        problems.add("seeds", f"{f.seeds!r} is not allowed; seeds are distinct non-negative integers, e.g. [0, 1, 2]")
+    if not f.epochs or any(e <= 0 for e in f.epochs):
+        problems.add("epochs", f"{f.epochs!r} is not allowed; epochs are positive integers, e.g. [25, 50]")
+    for i in f.init:
+        if i not in STUDY_INITS:
+            problems.add("init", f"{i!r} is not an init.{_closest(i, STUDY_INITS)} Allowed: {', '.join(STUDY_INITS)}")
+    for s in f.sparsity:
+        if not 0.0 <= s < 1.0:
+            problems.add("sparsity", f"{s!r} is outside [0, 1); sparsity is the fraction of zero weights, e.g. 0.9")
+    prune = f.prune or ("dsr" if any(s > 0 for s in f.sparsity) else "none")
+    if prune not in PRUNE_METHODS:
+        problems.add("prune", f"unknown prune method {prune!r}.{_closest(prune, PRUNE_METHODS)} "
+                     f"Allowed: {', '.join(PRUNE_METHODS)}")
+    elif prune == "none" and any(s > 0 for s in f.sparsity):
+        problems.add("prune", 'sparsity > 0 needs a prune method: prune = "dsr", "static" or "gradual"')
+    else:
+        _prune_options(problems, "prune_options", prune, f.prune_options)
+    for x in f.data_fraction:
+        if not 0.0 < x <= 1.0:
+            problems.add("data_fraction", f"{x!r} is outside (0, 1]")
+    train = check_table(problems, "train", f.train, "train")
+    distill = check_table(problems, "distill", f.distill, "distill")
+    # Candidates imitate the teacher on the inputs it was trained on: same scaling, same augmentation.
+    distill = {**{k: train[k] for k in ("normalize", "augment") if k in train}, **distill}
+    teacher = _table(problems, "teacher", f.teacher, TeacherConfig)
+    if teacher.checkpoint is not None:
+        _path(problems, "teacher.checkpoint", teacher.checkpoint, "teacher checkpoint")
+        if f.teacher.get("train") is True:
+            problems.add("teacher", "give either train = true or checkpoint = \"path\", not both")
+        teacher = teacher.model_copy(update={"train": False})
+    run = _table(problems, "run", f.run, RunConfig)
+    methods = _methods(problems, f.methods) if kind == "methods" else ()
+    if f.reference is not None:
+        names = [m.name for m in methods]
+        if kind != "methods":
+            problems.add("reference", "only a methods study names a reference; a substitution study is "
+                                      "compared with its baseline network")
+        elif names and f.reference not in names:
+            problems.add("reference", f"{f.reference!r} is not one of the methods.{_closest(f.reference, names)} "
+                                      f"Methods: {', '.join(names)}")
+    positions: tuple[int, ...] = ()
+    candidates: tuple[Candidate, ...] = ()
+    if f.model is not None and _model_ok(problems, "model", f.model) and kind == "substitution":
+        positions = _positions(problems, f.positions, f.model, num_classes)
+        candidates = _candidates(problems, f.candidates)
+    needs_teacher = kind == "substitution" and any(i != "scratch" for i in f.init)
+    if needs_teacher and not teacher.train and teacher.checkpoint is None:
+        problems.add("teacher", "init lana/random needs a teacher: set train = true or checkpoint = \"path\"")
+    if problems.items:
+        return Study(name=f.name, path=source, model="", dataset=f.dataset)
+    return Study(
+        name=f.name, path=source, model=f.model or "", dataset=f.dataset, kind=kind, description=f.description,
+        data=f.data, num_classes=num_classes, data_fraction=tuple(float(x) for x in f.data_fraction),
+        positions=positions, candidates=candidates, seeds=tuple(f.seeds), epochs=tuple(f.epochs),
+        init=tuple(f.init), sparsity=tuple(float(s) for s in f.sparsity), prune=prune,
+        prune_options=dict(f.prune_options), train=train, distill=distill, teacher=teacher, run=run,
+        methods=methods, reference=f.reference)
+
+
+def _table(problems: Problems, key: str, table: dict, cls):
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in table.items()}
+    try:
+        return cls.model_validate(values)
+    except ValidationError as err:
+        expected = {"workers": 'a positive integer or "auto"', "address": 'a scheduler address, e.g. "tcp://10.0.0.1:8786"',
+                    "devices": '"auto", "cpu", "cuda" or a list such as ["cuda:0", "cuda:1"]',
+                    "retries": "a non-negative integer (0 = no retry)", "stale_after": "seconds, a positive number",
+                    "epochs": "a positive integer, e.g. 200", "seed": "a non-negative integer",
+                    "train": "true or false", "checkpoint": "a path string"}
+        problems.pydantic(err, where=f"{key}.", raw=table, expected=expected, fields=cls.model_fields)
+        return cls()
+
+
+def _model_ok(problems: Problems, key: str, model: str) -> bool:
+    try:
+        model_positions(model)
+    except (ValueError, TypeError) as err:
+        problems.add(key, str(err))
+        return False
+    return True
+
+
+def _prune_options(problems: Problems, key: str, method: str, options: Any) -> None:
+    if not isinstance(options, dict):
+        problems.add(key, f"{options!r} has the wrong type; expected a table such as {{ period = 100 }}")
+        return
+    try:
+        check_prune_options(method, options)
+    except (TypeError, ValueError) as err:
+        problems.add(key, str(err))
+
+
+def _candidates(problems: Problems, items: list | None) -> tuple[Candidate, ...]:
+    from opswap.ops import DEFAULT_CANDIDATES, OpError, list_ops, parse_op
+
+    items = list(items) if items is not None else list(DEFAULT_CANDIDATES)
+    if items == ["all"]:
+        items = list(DEFAULT_CANDIDATES)
+    out: list[Candidate] = []
+    for i, item in enumerate(items):
+        where = f"candidates[{i}]"
+        if isinstance(item, dict):
+            params = {k: v for k, v in item.items() if k != "name"}
+            name = item.get("name")
+            if not isinstance(name, str):
+                problems.add(where, 'a candidate table needs name = "<op>", e.g. { name = "mbconv", e = 3, k = 5 }')
+                continue
+            spec: Any = (name, params)
+        else:
+            name, spec = item, item
+        try:
+            op = parse_op(spec)
+        except OpError as err:
+            msg = str(err)
+            if "unknown op" in msg and "Did you mean" not in msg:
+                msg += _closest(name, list_ops() + list(DEFAULT_CANDIDATES))
+            problems.add(where, msg)
+            continue
+        cand = Candidate(op.name, op.family, dict(op.params))
+        if any(c.name == cand.name for c in out):
+            problems.add(where, f"{op.name!r} is listed twice; list each candidate once")
+            continue
+        out.append(cand)
+    if not out and not problems.has("candidates"):
+        problems.add("candidates", "the list is empty; name at least one op (see `opswap ops`)")
+    return tuple(out)
+
+
+def _positions(problems: Problems, value, model: str, num_classes: int) -> tuple[int, ...]:
+    available = [p.index for p in model_positions(model, num_classes)[1]]
+    if value == "all":
+        return tuple(available)
+    if isinstance(value, str):
+        problems.add("positions", f'{value!r} is not allowed; write "all" or a list such as [1, 7, 18]')
+        return ()
+    span = f"1..{max(available)}" if available else "none (this model has no substitutable blocks)"
+    bad = [v for v in value if v not in available]
+    if bad:
+        problems.add("positions", f"{', '.join(map(repr, bad))} not valid for {model}; positions are {span}")
+    elif len(set(value)) != len(value):
+        problems.add("positions", f"{value} repeats a position; list each once")
+    elif not value:
+        problems.add("positions", f'the list is empty; give positions in {span} or "all"')
+    return tuple(v for v in value if v in available)
+
+
+def _methods(problems: Problems, items: list[dict]) -> tuple[Method, ...]:
+    out = []
+    for i, item in enumerate(items):
+        where = f"methods[{i}]"
+        if not isinstance(item.get("name"), str):
+            problems.add(where, 'each [[methods]] table needs name = "<label>" and settings such as model = "tf-cnn"')
+            continue
+        settings = {k: v for k, v in item.items() if k != "name"}
+        for key in settings:
+            if key not in _METHOD_KEYS:
+                problems.add(f"{where}.{key}", f"unknown key.{_closest(key, _METHOD_KEYS)} "
+                             f"Allowed keys in [[methods]]: {', '.join(sorted(_METHOD_KEYS))}")
+        if isinstance(settings.get("train"), dict):
+            check_table(problems, f"{where}.train", settings["train"], "train")
+        if settings.get("kind", "train") not in ("train", "traditional"):
+            problems.add(f"{where}.kind", f"{settings['kind']!r} is not allowed; use \"train\" or \"traditional\"")
+        if "model" in settings:
+            _model_ok(problems, f"{where}.model", settings["model"])
+        sp = settings.get("sparsity", 0.0)
+        if isinstance(sp, bool) or not isinstance(sp, (int, float)) or not 0.0 <= sp < 1.0:
+            problems.add(f"{where}.sparsity", f"{sp!r} is outside [0, 1)")
+        if settings.get("prune", "none") not in PRUNE_METHODS:
+            problems.add(f"{where}.prune", f"{settings['prune']!r} is not a prune method; allowed: {', '.join(PRUNE_METHODS)}")
+        elif "prune_options" in settings:
+            _prune_options(problems, f"{where}.prune_options", settings.get("prune", "none"), settings["prune_options"])
+        if any(m.name == item["name"] for m in out):
+            problems.add(where, f"method name {item['name']!r} is used twice")
+        out.append(Method(item["name"], settings))
+    if not out and not problems.items:
+        problems.add("methods", "the list is empty; add [[methods]] tables")
+    return tuple(out)

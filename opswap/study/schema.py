@@ -1,0 +1,319 @@
+"""Study files: TOML → a validated, frozen `Study` (DESIGN.md, "Studies, trials, results").
+
+A study declares what to compare (model, dataset, positions × candidates, seeds, epoch
+budgets, init, sparsity) and how to run it (teacher, distillation, workers, devices), in the
+staged style of pycls/NASLib. The file's shape and types are a pydantic schema (strict: no
+"25" for 25, no true for 1; unknown keys refused with the closest name); the [train] and
+[distill] tables are checked against `TrainConfig` and `DistillConfig` themselves, and what
+needs the model, the op registry or the file system is checked after. Every problem is
+reported at once, each naming the file, the dotted key, the value and what is allowed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import tomllib
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal, get_args
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, create_model, field_validator
+
+from opswap.data import DATASETS
+from opswap.distill.engine import DistillConfig
+from opswap.run.spec import TRAIN_KEYS
+from opswap.sparse.pruning import PRUNE_METHODS
+from opswap.training import TrainConfig
+
+__all__ = ["StudyError", "Candidate", "Method", "TeacherConfig", "RunConfig", "Study", "StudyFile",
+           "parse_overrides", "apply_override", "check_table", "STUDY_KINDS", "BACKENDS", "STUDY_INITS"]
+
+StudyKind = Literal["substitution", "methods"]
+Backend = Literal["loky", "dask"]
+StudyInit = Literal["lana", "random", "scratch"]  # the inits a study compares (teacher: its baselines)
+STUDY_KINDS: tuple[str, ...] = get_args(StudyKind)
+BACKENDS: tuple[str, ...] = get_args(Backend)
+STUDY_INITS: tuple[str, ...] = get_args(StudyInit)
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_METHOD_KEYS = ("kind", "model", "dataset", "data", "num_classes", "position", "op", "init", "epochs",
+                "sparsity", "prune", "prune_options", "train", "distill")
+
+
+class StudyError(ValueError):
+    """A study file that cannot run; the message lists every problem found."""
+
+
+# -- the validated study ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Candidate:
+    """One candidate op: canonical registry name (`mbconv_e6_k3`), family and parameters."""
+
+    name: str
+    family: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Method:
+    """One method of a `kind = "methods"` study: a label and its settings overrides."""
+
+    name: str
+    settings: Mapping[str, Any] = field(default_factory=dict)
+
+
+class _Table(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class TeacherConfig(_Table):
+    """How the study's teacher is obtained: trained here, or a checkpoint file."""
+
+    train: bool = True
+    epochs: Annotated[int, Field(gt=0)] = 200
+    seed: Annotated[int, Field(ge=0)] = 0
+    checkpoint: str | None = None
+
+
+class RunConfig(_Table):
+    """Execution settings: workers, joblib backend, dask address, devices, retries."""
+
+    workers: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"
+    backend: str = "loky"
+    address: str | None = None
+    devices: Literal["auto", "cpu", "cuda"] | tuple[Annotated[str, Field(pattern=r"^(cpu|cuda(:\d+)?|mps)$")], ...] = "auto"
+    retries: Annotated[int, Field(ge=0)] = 1
+    stale_after: Annotated[float, Field(gt=0)] = 120.0
+
+    @field_validator("backend")
+    @classmethod
+    def _backend(cls, value: str) -> str:
+        if value not in BACKENDS:
+            raise ValueError(f"unknown backend {value!r}.{_closest(value, BACKENDS)} Allowed: {', '.join(BACKENDS)}")
+        return value
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^[a-z]+://", value):
+            raise ValueError(f"{value!r} is not a scheduler address; write e.g. \"tcp://10.0.0.1:8786\"")
+        return value
+
+
+@dataclass(frozen=True)
+class Study:
+    """A validated study: what to compare and how to run it."""
+
+    name: str
+    path: str
+    model: str
+    dataset: str
+    kind: str = "substitution"
+    description: str = ""
+    data: str | None = None
+    num_classes: int = 10
+    data_fraction: tuple[float, ...] = (1.0,)
+    positions: tuple[int, ...] = ()
+    candidates: tuple[Candidate, ...] = ()
+    seeds: tuple[int, ...] = (0,)
+    epochs: tuple[int, ...] = (1,)
+    init: tuple[str, ...] = ("lana",)
+    sparsity: tuple[float, ...] = (0.0,)
+    prune: str = "none"
+    prune_options: Mapping[str, Any] = field(default_factory=dict)
+    train: Mapping[str, Any] = field(default_factory=dict)
+    distill: Mapping[str, Any] = field(default_factory=dict)
+    teacher: TeacherConfig = TeacherConfig()
+    run: RunConfig = RunConfig()
+    methods: tuple[Method, ...] = ()
+    reference: str | None = None   # methods studies: the method the others are compared with
+    overrides: tuple[tuple[str, Any], ...] = ()   # --set key=value pairs applied over the file
+
+    @property
+    def needs_teacher(self) -> bool:
+        """Whether some trial starts from the teacher (init lana, random or teacher)."""
+        return self.kind == "substitution" and any(i != "scratch" for i in self.init)
+
+
+# -- the file's schema ----------------------------------------------------------------------------
+
+def _listed(value: Any) -> Any:
+    """Lists also accept one value: `epochs = 25` is `epochs = [25]`."""
+    return value if isinstance(value, list) else [value]
+
+
+_Listed = BeforeValidator(_listed)
+_Number = int | float
+
+
+class StudyFile(_Table):
+    """The keys a study file may hold, with their types (ranges and names are checked after)."""
+
+    name: str
+    description: str = ""
+    kind: str | None = None
+    model: str | None = None
+    dataset: str
+    data: str | None = None
+    num_classes: int | None = None
+    data_fraction: Annotated[list[_Number], _Listed] = [1.0]
+    positions: Annotated[list[int], _Listed] | str = "all"
+    candidates: list[str | dict[str, Any]] | None = None
+    seeds: Annotated[list[int], _Listed] = [0]
+    epochs: Annotated[list[int], _Listed] = [1]
+    init: Annotated[list[str], _Listed] = ["lana"]
+    sparsity: Annotated[list[_Number], _Listed] = [0.0]
+    prune: str | None = None
+    prune_options: dict[str, Any] = {}
+    train: dict[str, Any] = {}
+    distill: dict[str, Any] = {}
+    teacher: dict[str, Any] = {}
+    run: dict[str, Any] = {}
+    methods: list[dict[str, Any]] = []
+    reference: str | None = None
+
+
+_EXPECTED = {
+    "name": 'a name, e.g. name = "quickstart"', "description": "a string",
+    "kind": f"one of {', '.join(STUDY_KINDS)}", "model": 'a model name, e.g. "wrn-40-2" or "tf-cnn"',
+    "dataset": f"one of {', '.join(DATASETS)}", "data": "the dataset root or file (a path)",
+    "num_classes": "a positive integer", "data_fraction": "fractions in (0, 1], e.g. [0.25, 1.0]",
+    "positions": 'a list of 1-based positions, or "all"',
+    "candidates": 'op names or tables, e.g. ["identity", "mbconv"] or [[candidates]] name = "mbconv", e = 3',
+    "seeds": "a list of non-negative integers, e.g. [0, 1, 2]", "epochs": "a list of positive integers, e.g. [25, 50]",
+    "init": f"a list drawn from {', '.join(STUDY_INITS)}", "sparsity": "a list of fractions in [0, 1), e.g. [0.0, 0.9]",
+    "prune": f"one of {', '.join(PRUNE_METHODS)}", "prune_options": "a [prune_options] table, e.g. period = 100",
+    "train": "a [train] table of TrainConfig fields", "distill": "a [distill] table of DistillConfig fields",
+    "teacher": "a [teacher] table: train, epochs, seed, checkpoint",
+    "run": "a [run] table: " + ", ".join(RunConfig.model_fields), "methods": '[[methods]] tables, each with name = "..."',
+    "reference": 'the name of the method the others are compared with, e.g. reference = "dense"',
+}
+
+
+def _config_model(cls: type, skip: Iterable[str] = ()) -> type[BaseModel]:
+    """A strict pydantic model of a settings dataclass: its field names and annotated types."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: (hints[f.name], f.default) for f in dataclasses.fields(cls) if f.name not in skip}
+    return create_model(f"{cls.__name__}Table", __config__=ConfigDict(extra="forbid", strict=True), **fields)
+
+
+_TRAIN_TABLE = _config_model(TrainConfig, skip=("epochs", "seed"))
+_DISTILL_TABLE = _config_model(DistillConfig)
+
+
+def _closest(word: str, options: Iterable[str]) -> str:
+    close = difflib.get_close_matches(str(word), list(options), n=2, cutoff=0.6)
+    return f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+
+
+class Problems:
+    """Collects problems as `file: key: what was wrong; what is allowed`."""
+
+    def __init__(self, source: str):
+        self.source, self.items = source, []
+
+    def add(self, key: str, message: str) -> None:
+        self.items.append(f"{self.source}: {key}: {message}")
+
+    def has(self, prefix: str) -> bool:
+        return any(p.startswith(f"{self.source}: {prefix}") for p in self.items)
+
+    def pydantic(self, err: ValidationError, where: str = "", raw: Mapping | None = None,
+                 expected: Mapping[str, str] | None = None, fields: Iterable[str] = ()) -> None:
+        """One problem per pydantic error, in opswap's words."""
+        seen = set()
+        for e in err.errors():
+            loc = [str(p) for p in e["loc"] if not isinstance(p, int)]
+            top = loc[0] if loc else ""
+            key = where + top
+            if key in seen:  # one message per key: a union reports each of its branches
+                continue
+            seen.add(key)
+            value = raw.get(top, e.get("input")) if raw is not None and top in raw else e.get("input")
+            allowed = (expected or {}).get(top)
+            if e["type"] == "value_error":
+                self.add(key, e["msg"].removeprefix("Value error, "))
+            elif e["type"] == "extra_forbidden":
+                names = sorted(fields)
+                table = f" in [{where.rstrip('.')}]" if where else ""
+                self.add(key, f"unknown key.{_closest(top, names)} Allowed keys{table}: {', '.join(names)}")
+            elif e["type"] == "missing":
+                self.add(key, f"missing; {allowed or 'required'}")
+            elif e["type"].endswith(("_type", "_parsing")) or e["type"] in ("literal_error", "union_tag_invalid"):
+                self.add(key, f"{value!r} ({type(value).__name__}) has the wrong type; expected "
+                         f"{allowed or e['msg'].lower()}")
+            else:
+                self.add(key, f"{value!r} is not allowed; {allowed or e['msg']}")
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            n = len(self.items)
+            head = f"{n} problem{'s' if n > 1 else ''} in the study; nothing was run:"
+            raise StudyError("\n  ".join([head] + self.items))
+
+
+# -- loading ------------------------------------------------------------------------------------
+
+def parse_overrides(items: Iterable[str], flag: str = "--set",
+                    example: str = "--set epochs=[1] or --set train.lr=0.05") -> list[tuple[str, Any]]:
+    """Parse `key=value` strings (dotted keys, TOML-typed values; bare words are strings)."""
+    parsed = []
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", key):
+            raise StudyError(f"{flag} {item!r}: expected key=value with a (dotted) key, e.g. {example}")
+        try:
+            value = tomllib.loads(f"v = {raw.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw.strip()
+        parsed.append((key, value))
+    return parsed
+
+
+def apply_override(raw: dict, key: str, value: Any) -> None:
+    node = raw
+    *parents, last = key.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise StudyError(f"--set {key}=...: {part!r} is not a table in the study")
+    node[last] = value
+
+
+def check_table(problems: Problems, key: str, table: dict, which: str) -> dict:
+    """Check a [train] / [distill] table (or a method's) against its settings class."""
+    model, cls = (_TRAIN_TABLE, TrainConfig) if which == "train" else (_DISTILL_TABLE, DistillConfig)
+    if which == "train":
+        for name in ("epochs", "seed"):
+            if name in table:
+                problems.add(f"{key}.{name}", f"set by the study's top-level {name}"
+                             f"{'s' if name == 'seed' else ''} list, not in [train]")
+        table = {k: v for k, v in table.items() if k not in ("epochs", "seed")}
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in table.items()}
+    try:
+        model.model_validate(values)
+    except ValidationError as err:
+        types = {name: _type_name(info.annotation) for name, info in model.model_fields.items()}
+        problems.pydantic(err, where=f"{key}.", raw=table, expected=types, fields=model.model_fields)
+        return {}
+    try:
+        cls(**values)
+    except (TypeError, ValueError) as err:
+        problems.add(key, str(err))
+    return dict(table)
+
+
+def _type_name(annotation: Any) -> str:
+    """`int`, `float or None`, `tuple of float`: a field's type as a reader writes it."""
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, getattr(__import__("types"), "UnionType")):
+        return " or ".join(_type_name(a) for a in args)
+    if annotation is type(None):
+        return "None"
+    if typing.get_origin(annotation) is tuple:
+        return f"a list of {_type_name(args[0])}"
+    return getattr(annotation, "__name__", str(annotation))
