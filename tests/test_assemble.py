@@ -161,6 +161,8 @@ def test_infeasible_budget_names_the_cheapest_reachable_cost():
     odd = CostTable(rows=rows, total={"params": 30, "macs": 30})  # params <= 15 needs both identities
     with pytest.raises(BudgetError, match="at once.*params.*macs|at once.*macs.*params"):
         assemble(None, odd, "params=0.5,macs=1.5", scores={(1, "identity"): 1.0, (2, "identity"): 1.0})
+    with pytest.raises(BudgetError, match="at once"):
+        random_assignments(odd, "params=0.5,macs=1.5", 3)
     with pytest.raises(ValueError, match="min_diff"):
         assemble(None, odd, "params=1", scores={(1, "identity"): 1.0, (2, "identity"): 1.0}, min_diff=3)
 
@@ -269,6 +271,9 @@ def test_costs_rows_baseline_totals_and_json_round_trip(teacher, bank, costs, tm
     again = CostTable.load(path)
     assert again.to_dict() == costs.to_dict() and again.rows == costs.rows
     assert json.loads(path.read_text())["device_name"] == costs.device_name
+    other = measure_costs(opswap.build_model("wrn-16-1"), "all", batch_sizes=())  # position 2 is 16→16 there
+    with pytest.raises(ValueError, match="another network: at position 2"):
+        assemble(bank, other, "macs=1", scores={k: 0.0 for k in other.rows})
 
 
 def test_assembled_model_is_teacher_plus_bank_entries_and_costs_add_up(teacher, bank, costs):

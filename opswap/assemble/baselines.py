@@ -89,6 +89,10 @@ def random_assignments(costs: CostTable, budget: Any, n: int, seed: int = 0, *, 
         if len(picks) < n:
             method = f"rejection for {len(picks)}, then a random walk"
             picks += _walk(problem, n - len(picks), set(picks), rng)
+    if not picks:
+        raise BudgetError("no assignment meets all of " + ", ".join(str(b) for b in problem.budgets) + " at once: "
+                          + problem.describe_reach(problem.reachable(), [b.metric for b in problem.budgets]),
+                          problem.reachable())
     out = [problem.solution(_assignment(problem, r), rank=i + 1, label="random") for i, r in enumerate(picks)]
     note = "" if len(out) == n else f"only {len(out)} distinct assignments within the budget exist; {n} were asked for"
     return Solutions(out, requested=n, note=note, budgets=problem.budgets, seconds=time.perf_counter() - start,
@@ -196,7 +200,7 @@ def _walk(problem: Problem, n: int, seen: set[tuple[int, ...]], rng: np.random.G
     positions = problem.positions
     current = [problem.options[p].index(start[p]) for p in positions]
     thin, out, idle = 10 * len(positions), [], 0
-    while len(out) < n and idle < 50 * thin * n:
+    while len(out) < n and idle < 20 * thin * n:
         for _ in range(thin):
             j = int(rng.integers(len(positions)))
             proposal = current.copy()

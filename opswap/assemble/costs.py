@@ -252,6 +252,8 @@ def measure_costs(teacher: nn.Module, bank_or_pairs: Any = "all", *, device: str
     total = {k: v for k, v in asdict(whole).items() if k not in ("position", "op")}
     info = {p.index: {"c_in": p.c_in, "c_out": p.c_out, "stride": p.stride, "resolution": p.resolution}
             for p in table.values() if p.index in {q for q, _ in pairs}}
+    if model_name is None:
+        model_name = getattr(bank_or_pairs, "model", None)
     return CostTable(rows=rows, total=total, device=str(device), device_name=device_name(device),
                      batch_sizes=batch_sizes, input_shape=input_shape, model=model_name,
                      teacher_fingerprint=teacher_fingerprint(teacher), positions_info=info,

@@ -48,7 +48,7 @@ def solve(problem: Problem, weights: Mapping[tuple[int, str], float],
         row[[index[(p, op)] for op in problem.options[p]]] = 1.0
         rows.append(row), lows.append(1.0), highs.append(1.0)
     for metric, low, high in problem.limits:  # in fractions of the teacher's total: well scaled
-        total = problem.costs.total[metric]
+        total = problem.costs.total[metric] or 1.0
         constant = total - sum(problem.costs.cost(p, BASELINE, metric) for p in positions)
         rows.append(np.array([problem.costs.cost(p, op, metric) / total for p, op in pairs]))
         lows.append((low - constant) / total), highs.append((high - constant) / total)

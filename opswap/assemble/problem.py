@@ -108,7 +108,7 @@ class Problem:
         cost = self.network_cost(assignment)
         out = 0.0
         for metric, low, high in self.limits:
-            c, total = cost[metric], self.costs.total[metric]
+            c, total = cost[metric], self.costs.total[metric] or 1.0
             slack = 0.0 if metric in COUNT_METRICS else _REL_TOL * total
             out += (max(0.0, c - high - slack) + max(0.0, low - slack - c)) / total
         return out
@@ -167,6 +167,18 @@ def _describe_options(options: Mapping[int, list[str]]) -> str:
     return ", ".join(ops)
 
 
+def _check_shapes(costs: CostTable, bank: Any, position: int) -> None:
+    """The cost table and the bank must describe the same network at `position`."""
+    info = costs.positions_info.get(position)
+    if not info:
+        return  # a hand-made table: nothing recorded to compare
+    for e in bank:
+        if e.position == position and (e.c_in, e.c_out, e.stride) != (info["c_in"], info["c_out"], info["stride"]):
+            raise ValueError(f"the cost table was measured on another network: at position {position} it has "
+                             f"{info['c_in']}→{info['c_out']} channels, stride {info['stride']}, the bank's "
+                             f"{e.op} {e.c_in}→{e.c_out}, stride {e.stride}; measure costs for this bank's teacher")
+
+
 def build_problem(costs: CostTable, budget: Any, *, bank: Any = None,
                   scores: Mapping[tuple[int, str], float] | None = None, positions: Iterable[int] | None = None,
                   ops: Iterable[str] | None = None, objective: str = "",
@@ -191,6 +203,7 @@ def build_problem(costs: CostTable, budget: Any, *, bank: Any = None,
     for p in wanted:
         cands = [o for o in costs.ops_at(p) if o != BASELINE]
         if bank is not None:
+            _check_shapes(costs, bank, p)
             held = {o for q, o in bank.keys() if q == p and o != BASELINE}
             uncosted = sorted(held - set(cands))
             if uncosted:
