@@ -2,7 +2,6 @@
 costs and their additivity, held-out distillation loss, objectives and the baselines."""
 import itertools
 import json
-import math
 from dataclasses import replace
 
 import numpy as np
@@ -298,6 +297,8 @@ def test_assembled_model_is_teacher_plus_bank_entries_and_costs_add_up(teacher, 
     for m in ("latency_b1", "latency_batch"):
         # An estimate, and the test machine's cores are shared: only the order of magnitude is testable.
         assert 1 / 10 < measured[m] / best.costs[m] < 10, (m, measured[m], best.costs[m])
+    some = assemble(bank, costs, "params=3", scores=scores, positions=[1, 3])[0]  # position 2 stays the teacher's
+    assert set(some.assignment) == {1, 3} and some.costs == network_cost(costs, {**some.assignment, 2: "baseline"})
     plain = assemble(bank, costs, "params=3", scores={k: -1.0 for k in bank.keys()})[0]
     assert plain.changed == {} and plain.to_model(teacher, bank).state_dict().keys() == before.keys()
     assert json.loads(json.dumps(best.to_dict()))["changed"] == {str(p): o for p, o in best.changed.items()}

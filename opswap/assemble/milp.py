@@ -28,7 +28,8 @@ def _variables(problem: Problem) -> list[tuple[int, str]]:
 
 
 def solve(problem: Problem, weights: Mapping[tuple[int, str], float],
-          cuts: Iterable[tuple[Mapping[int, str], int]] = (), *, time_limit: float | None = None) -> dict[int, str] | None:
+          cuts: Iterable[tuple[Mapping[int, str], int]] = (), *,
+          time_limit: float | None = None) -> dict[int, str] | None:
     """The assignment maximising Σ weights within the budgets and the cuts, or None if there is none.
 
     A cut (S, d) asks for ≥ d positions different from assignment S; `baseline` weighs 0.
