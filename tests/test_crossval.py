@@ -51,7 +51,7 @@ def test_folds_never_train_on_the_held_out_group(scheme, column):
 
 def test_exact_linear_feature_is_recovered_and_baselines_are_not():
     cv = cross_validate(synthetic(), ["f1", "f2"], predictors=["linear:f1", "isotonic:f1", "linear:f2", "ridge",
-                                                               "forest", *BASELINE_NAMES], n_boot=200)
+                                                               *BASELINE_NAMES], n_boot=200)
     table = cv.table.set_index(["scheme", "predictor"])
     for scheme in ("position", "op"):
         best = table.loc[(scheme, "linear:f1")]
@@ -65,7 +65,7 @@ def test_exact_linear_feature_is_recovered_and_baselines_are_not():
             assert not table.loc[(scheme, name), "rho"] > 0.9
         assert best["mae_baseline"] > 0.5 and best["p_vs_baseline"] < 0.05
     assert set(cv.predictions.columns) >= {"scheme", "predictor", "position", "op", "delta", "predicted", "error"}
-    assert len(cv.predictions) == 2 * 9 * len(synthetic())
+    assert len(cv.predictions) == 2 * 8 * len(synthetic())
     assert cv.most_wrong(3, scheme="op")["error"].abs().is_monotonic_decreasing
     sentence = verdict(cv.table, Reliability(pd.DataFrame(), *[0.9] * 8, 30, 3), scheme="position")
     assert sentence.startswith("Under leave-one-position-out CV (n = 30 cells) the best predictor, linear in f1,")
@@ -85,7 +85,8 @@ def test_family_and_position_baselines_by_hand():
     # Leave op c out (family B unseen): family mean → global 15/6; position means of a, b: 1.5, 3.5, 2.5.
     assert [pred["op", "family_mean", p, "c"] for p in (1, 2, 3)] == [2.5] * 3
     assert [pred["op", "position_mean", p, "c"] for p in (1, 2, 3)] == [1.5, 3.5, 2.5]
-    # Leave op a out: global 27/6 = 4.5, family A (b only) = 2, positions 4, 6, 3.5 → 4.5 − 2.5 + (pos − 4.5).
+    # Leave op a out: global 27/6 = 4.5, family A (b only) = 2, positions 4, 6, 3.5
+    # → 4.5 − 2.5 + (pos − 4.5).
     assert [pred["op", "additive", p, "a"] for p in (1, 2, 3)] == pytest.approx([1.5, 3.5, 1.0])
     # MAE of the family mean under leave-one-position-out: errors 2, 1, 1.5 | 1, 2, 1.5 | 2.5, 2.5, 0.
     table = cv.table.set_index(["scheme", "predictor"])
@@ -96,11 +97,13 @@ def test_family_and_position_baselines_by_hand():
 def test_missing_features_are_imputed_and_counted():
     frame = synthetic()
     frame.loc[[0, 7, 12], "f1"] = np.nan
-    cv = cross_validate(frame, ["f1", "f2"], predictors=["linear:f1", "isotonic:f1", "ridge", "global_mean"],
+    cv = cross_validate(frame, ["f1", "f2"],
+                        predictors=["linear:f1", "isotonic:f1", "ridge", "forest", "global_mean"],
                         schemes=("position",), n_boot=0)
     table = cv.table.set_index("predictor")
     assert table.loc["linear:f1", "imputed"] == 3 and table.loc["ridge", "imputed"] == 3
     assert table.loc["global_mean", "imputed"] == 0
+    assert table.loc["forest", "imputed"] == 3 and table.loc["forest", "mae"] < table.loc["global_mean", "mae"]
     assert cv.predictions["predicted"].notna().all()
     kept = cv.predictions[(cv.predictions["predictor"] == "linear:f1") & ~cv.predictions["imputed"]]
     assert kept["error"].abs().max() == pytest.approx(0, abs=1e-9)  # the fit used only complete rows
@@ -135,7 +138,8 @@ def test_power_against_textbook_numbers():
     # Normal approximation n = 2((z₀.₉₇₅ + z₀.₈)/d)² = 2(2.8016/0.5)² = 62.8 → 63.
     assert seeds_needed(1.0, 0.5, method="normal") == 63
     # Normal approximation of the minimal detectable Δ: (z₀.₉₇₅ + z₀.₈)·σ·√(2/n), n = 16 → 0.9905.
-    assert minimal_detectable_delta(1.0, 16, method="normal") == pytest.approx(2.801585 * math.sqrt(2 / 16), rel=1e-5)
+    normal = minimal_detectable_delta(1.0, 16, method="normal")
+    assert normal == pytest.approx(2.801585 * math.sqrt(2 / 16), rel=1e-5)
     mdd = minimal_detectable_delta(1.0, 64)
     assert 0.49 < mdd < 0.5  # with 64 seeds a true Δ of 0.5 σ is just detectable
     t = stats.t.ppf(0.975, 126)

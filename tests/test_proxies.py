@@ -64,7 +64,8 @@ def test_synflow_linearises_relu6_and_batchnorm():
 
     # BN in eval mode with running mean 0: h_c = pre_c·|γ_c|/σ_c + |β_c|.
     # pre = [3, 2], σ = [2, 1], |γ| = [1, 2], |β| = [0.5, 1] → h = [2, 5], R = 7 (W2 = I).
-    # W2: 2 + 5 = 7; γ: 1·3/2 + 2·2/1 = 5.5; β: 0.5 + 1 = 1.5; W1: ∂R/∂pre = [0.5, 2] → 0.5·3 + 2·2 = 5.5.
+    # W2: 2 + 5 = 7; γ: 1·3/2 + 2·2/1 = 5.5; β: 0.5 + 1 = 1.5;
+    # W1: ∂R/∂pre = [0.5, 2] → 0.5·3 + 2·2 = 5.5.
     bn = nn.BatchNorm1d(2, eps=0.0)
     net = nn.Sequential(nn.Linear(2, 2, bias=False), bn, nn.ReLU(), nn.Linear(2, 2, bias=False))
     with torch.no_grad():
@@ -113,7 +114,8 @@ def fisher_net(act: nn.Module | None = None) -> nn.Sequential:
 
 def test_fisher_by_hand():
     # x1 = [1, 0]: a = z = [2, 0], ∂ℓ/∂a = [−σ(−2), σ(−2)] → ½(−2σ(−2))² = 2σ(−2)².
-    # x2 = [0, 1]: a = z = [0, 2], ∂ℓ/∂a = [−σ(2), σ(2)]  → ½(2σ(2))²  = 2σ(2)².  Mean over images.
+    # x2 = [0, 1]: a = z = [0, 2], ∂ℓ/∂a = [−σ(2), σ(2)]  → ½(2σ(2))²  = 2σ(2)².
+    # The proxy is the mean over images.
     x = torch.tensor([[1.0, 0.0], [0.0, 1.0]]).reshape(2, 1, 1, 2)
     y = torch.tensor([0, 0])
     want = sigmoid(-2) ** 2 + sigmoid(2) ** 2

@@ -155,7 +155,8 @@ def _resolve(name: str, features: Sequence[str]) -> tuple[str, str | None, str, 
         if kind not in ("linear", "isotonic") or feature not in features:
             raise ValueError(f"unknown predictor {name!r}: single-feature predictors are "
                              f"'linear:<feature>' or 'isotonic:<feature>' with a feature of {list(features)}")
-        return "single", feature, f"{kind} in {feature}", _single(feature, _linear if kind == "linear" else _isotonic)
+        make = _linear if kind == "linear" else _isotonic
+        return "single", feature, f"{kind} in {feature}", _single(feature, make)
     if name in ("ridge", "forest"):
         return "model", None, _LABELS[name], _model(name, features)
     if name in BASELINES:

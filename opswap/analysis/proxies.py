@@ -295,6 +295,10 @@ def _naswot(model, batches, paths, mode):
     return {path: naswot_score(kernels[path], kernel=True) if seen[path] else math.nan for path in paths}
 
 
+class _Stop(Exception):
+    """Ends a forward pass once the scope's output is known."""
+
+
 def _jacob_cov(model, batches, paths, mode):
     batches = _device_batches(model, batches)
     out = {}
@@ -316,10 +320,13 @@ def _jacob_cov(model, batches, paths, mode):
 
             def post(m, args, o):
                 held["y"] = o
+                raise _Stop  # the rest of the network does not enter the block's Jacobian
 
             handles = [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
             try:
                 net(x)
+            except _Stop:
+                pass
             finally:
                 for h in handles:
                     h.remove()
