@@ -71,17 +71,17 @@ def test_claim_of_dead_process_is_taken_over(tmp_path):
 
 
 def test_only_one_runner_takes_over_a_dead_claim(tmp_path):
-    """While another runner holds the takeover lock, a dead claim is left to it."""
-    import fcntl
-
+    """While another live runner holds the takeover marker, a dead claim is left to it."""
     proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    (tmp_path / "t3.claim").write_text(json.dumps({"pid": int(proc.stdout), "host": os.uname().nodename,
-                                                   "started": 0}))
-    with open(tmp_path / "t3.takeover", "a") as other:
-        fcntl.flock(other, fcntl.LOCK_EX)
-        assert try_claim(tmp_path, "t3") is None
-    claim = try_claim(tmp_path, "t3")  # the lock is free again (as after its holder died)
+    dead = {"pid": int(proc.stdout), "host": os.uname().nodename, "started": 0}
+    (tmp_path / "t3.claim").write_text(json.dumps({**dead, "token": "aaaaaaaaaaaaaaaa"}))
+    marker = tmp_path / "t3.claim.aaaaaaaaaaaaaaaa.takeover"  # keyed on the dead claim's token
+    marker.write_text(json.dumps({"pid": os.getpid(), "host": os.uname().nodename, "started": 0, "token": "b"}))
+    assert try_claim(tmp_path, "t3") is None
+    marker.write_text(json.dumps({**dead, "token": "b"}))  # the marker's holder died mid-takeover
+    claim = try_claim(tmp_path, "t3")
     assert claim is not None and read_claim(tmp_path / "t3.claim").pid == os.getpid()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t3.claim"]  # no markers left behind
 
 
 def test_claim_with_stale_heartbeat_is_taken_over(tmp_path):
