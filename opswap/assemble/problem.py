@@ -42,17 +42,18 @@ class Solution:
 
     def to_model(self, teacher: nn.Module, bank: Any, *, check: bool = True) -> nn.Module:
         """A new network: the teacher's weights, with the bank's entry at every changed position."""
-        import opswap
+        from opswap.ops import create_op
+        from opswap.substitution import swap
 
         if check:
             bank.check_teacher(teacher)
         modules = {}
         for position, op in self.changed.items():
             entry = bank.entry(position, op)
-            module = opswap.create_op(entry.op, entry.c_in, entry.c_out, entry.stride)
+            module = create_op(entry.op, entry.c_in, entry.c_out, entry.stride)
             module.load_state_dict(entry.state_dict)
             modules[position] = module
-        return opswap.swap(teacher, modules) if modules else copy.deepcopy(teacher)
+        return swap(teacher, modules) if modules else copy.deepcopy(teacher)
 
     def to_dict(self) -> dict[str, Any]:
         return {"label": self.label, "rank": self.rank, "objective": self.objective, "score": self.score,

@@ -72,15 +72,14 @@ def spec_from_args(args: argparse.Namespace) -> TrialSpec:
 
 def check_request(args: argparse.Namespace, spec: TrialSpec) -> None:
     """Refuse what cannot run before anything is trained or written."""
-    from opswap import data
+    from opswap.data import check_dataset
     from opswap.run.trial import check_inputs
 
     if args.init != "scratch" and not args.teacher:
         raise ValueError(f"--init {args.init} needs --teacher (a teacher checkpoint, .safetensors)")
     if args.init == "lana" and args.position is not None and not args.bank:
         raise ValueError("--init lana needs --bank (a weight bank written by `opswap distill`)")
-    if hasattr(data, "check_dataset"):  # MERGE-TEMP
-        data.check_dataset(spec.dataset, spec.data)
+    check_dataset(spec.dataset, spec.data)
     check_inputs(spec, teacher=args.teacher, bank=args.bank)
     check_writable_dir(args.out, "the record", "--out")
 
