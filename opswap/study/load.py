@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from opswap.data import DATASETS
+from opswap.data import DATASETS, check_dataset
 from opswap.run.spec import model_positions
 from opswap.sparse.pruning import PRUNE_METHODS, check_prune_options
 from opswap.study.schema import (_EXPECTED, _METHOD_KEYS, _NAME, STUDY_INITS, STUDY_KINDS, Candidate, Method,
@@ -79,6 +79,11 @@ def _resolve(f: StudyFile, problems: Problems, source: str) -> Study:
         problems.add("data", f'dataset {f.dataset!r} needs its root: data = "path/to/'
                      f'{"file.npz" if f.dataset == "npz" else "folder"}"')
     _path(problems, "data", f.data, "dataset root", parent_ok=f.dataset in ("cifar10", "cifar100"))
+    if f.dataset in DATASETS and not problems.has("data"):
+        try:  # the files themselves, cheaply (headers and labels), before anything runs
+            check_dataset(f.dataset, f.data)
+        except (ValueError, OSError) as err:
+            problems.add("data", str(err))
     num_classes = f.num_classes if f.num_classes is not None else _NUM_CLASSES.get(f.dataset, 10)
     if num_classes < 2:
         problems.add("num_classes", f"{num_classes} is not allowed; a classifier needs at least 2 classes")
