@@ -213,3 +213,27 @@ def test_opswap_train_refuses_bad_requests_before_training(tmp_path, capsys, ext
                  "--out", str(out)] + extra)  # a later --model replaces the first
     assert code == 2 and message in capsys.readouterr().err
     assert not out.exists()  # nothing written
+
+
+def test_opswap_train_and_a_study_trial_write_the_same_record(tmp_path, npz, capsys):
+    """The same settings through `opswap train` and through a study: one trial id, the same keys."""
+    from opswap.cli import main
+    from opswap.study import expand_study, load_study
+
+    study = tmp_path / "one.toml"
+    study.write_text(f'name = "one"\nmodel = "tf-cnn"\ndataset = "npz"\ndata = "{npz}"\ninit = ["scratch"]\n'
+                     'epochs = [1]\n[train]\nbatch_size = 40\n[run]\nworkers = 1\n')
+    (trial,) = expand_study(load_study(study)).trials
+    assert main(["run", str(study), "--results", str(tmp_path / "results"), "--no-report", "--no-progress"]) == 0
+    assert main(["train", "--model", "tf-cnn", "--dataset", "npz", "--data", npz, "--epochs", "1",
+                 "--batch-size", "40", "--out", str(tmp_path / "train"), "--no-progress"]) == 0
+    capsys.readouterr()
+    from_study = read_record(tmp_path / "results" / "one" / f"{trial.trial_id}.json")
+    (path,) = (tmp_path / "train").glob("*.json")
+    from_train = read_record(path)
+    assert path.stem == trial.trial_id  # one spec, one id
+    assert set(from_study) == set(from_train) == RECORD_KEYS
+    assert from_study["settings"] == from_train["settings"]
+    assert set(from_study["metrics"]) == set(from_train["metrics"])
+    assert set(from_study["env"]) == set(from_train["env"]) and set(from_study["timing"]) == set(from_train["timing"])
+    assert [set(r) for r in from_study["history"]] == [set(r) for r in from_train["history"]]
