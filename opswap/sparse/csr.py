@@ -228,7 +228,7 @@ def csr_stored_nbytes(module: nn.Module) -> int:
 
 def to_sparse_inference(model: nn.Module, example_input: torch.Tensor | None = None, *, device=None,
                         candidates=("dense", "csr", "channel"), min_run_time: float = 0.1,
-                        margin: float = 0.05):
+                        margin: float = 0.05, rounds: int = 3):
     """Sparse inference for `model`.
 
     Without `example_input` (the original behaviour): an eval copy whose dynamic layers all
@@ -240,7 +240,7 @@ def to_sparse_inference(model: nn.Module, example_input: torch.Tensor | None = N
         from opswap.sparse.deploy import choose_forms
 
         return choose_forms(model, example_input, device=device, candidates=candidates,
-                            min_run_time=min_run_time, margin=margin)
+                            min_run_time=min_run_time, margin=margin, rounds=rounds)
     if is_dynamic(model):
         model = nn.Sequential(model)
     copied = copy.deepcopy(model).eval()
