@@ -12,7 +12,9 @@ Each row: `deployed_report` at batch 1 and `--batch`, deployed vs dense latency 
 torch.utils.benchmark) and stored bytes ÷ dense bytes.
 `--accuracy`: tf-cnn on cifar10-mini ($OPSWAP_CIFAR10_MINI or ../shared/data/cifar10-mini.npz;
 skipped when absent), the dynamic-pruning recipe (Adam 1e-3, batch 32, inputs in [0, 1], no
-augmentation) for `--epochs` and `--seeds`, test accuracy of every method beside dense.
+augmentation) for `--epochs` and `--seeds`, test accuracy of every method beside dense; plus
+channel-finetune: dense for epochs - `--finetune-epochs`, `channel_prune` (group_norm), then
+fine-tuned for the rest — the same total epochs, and the same deployed net as channel-static.
 `--layers`: the single-layer CSR table (linear, 3x3 and 1x1 conv at 80 / 90 / 95 %).
 Run: `python benchmarks/sparse.py [--threads 2] [--accuracy] [--layers] [--quick]`.
 """
@@ -83,7 +85,7 @@ def latency_rows(args) -> list[dict]:
         model, _ = pruned(model_name, method, sparsity)
         t0 = time.perf_counter()
         report = deployed_report(model.eval(), batch_sizes=(1, args.batch), device="cpu",
-                                 min_run_time=args.min_run_time)
+                                 min_run_time=args.min_run_time, rounds=args.rounds)
         nonzero = report["structured_params"]
         if method in ("dsr", "nm"):
             nonzero = sparsity_report(model)["nonzero_params"]
@@ -114,7 +116,23 @@ def _print_latency(row: dict, batch: int) -> None:
 
 # --- accuracy on cifar10-mini ---------------------------------------------------------------
 
-def accuracy_rows(args) -> list[dict]:
+def _finetuned(data, sparsity: float, seed: int, args) -> float:
+    """Dense for the first epochs, channel_prune, fine-tune for the rest; test accuracy."""
+    from opswap.sparse import channel_prune
+    from opswap.training import TrainConfig, train
+
+    def config(epochs):
+        return TrainConfig(epochs=epochs, batch_size=32, optimizer="adam", lr=1e-3, normalize="unit",
+                           augment=False, seed=seed)
+
+    torch.manual_seed(seed)
+    model = build_model("tf-cnn")
+    train(model, data, config(args.epochs - args.finetune_epochs), device="cpu")
+    small = channel_prune(model, channel_fraction(sparsity), importance="group_norm")
+    return train(small, data, config(args.finetune_epochs), device="cpu").metrics["test_acc"]
+
+
+def accuracy_rows(args, latency: list[dict] = ()) -> list[dict]:
     """Test accuracy of dense and each method on cifar10-mini, `args.seeds` seeds each."""
     from opswap.data import load_dataset
     from opswap.training import TrainConfig, evaluate, train
@@ -124,12 +142,18 @@ def accuracy_rows(args) -> list[dict]:
         return []
     data = load_dataset("npz", MINI)
     cases = [("dense", 0.0)] + _levels(args)
+    if "channel-static" in args.methods and 0 < args.finetune_epochs < args.epochs:
+        cases += [("channel-finetune", s) for s in args.sparsity]
+    speedups = {(r["method"], r["sparsity"]): r["report"]["batches"] for r in latency if r["model"] == "tf-cnn"}
     rows = []
     print(f"\naccuracy: tf-cnn on {MINI.name} ({len(data.y_train)} train / {len(data.y_test)} test), "
           f"Adam 1e-3, batch 32, {args.epochs} epochs, unit inputs, no augmentation, seeds {list(range(args.seeds))}")
     for method, sparsity in cases:
         accs = []
         for seed in range(args.seeds):
+            if method == "channel-finetune":
+                accs.append(_finetuned(data, sparsity, seed, args))
+                continue
             config = TrainConfig(epochs=args.epochs, batch_size=32, optimizer="adam", lr=1e-3, normalize="unit",
                                  augment=False, seed=seed)
             steps = config.epochs * -(-len(data.y_train) // config.batch_size)
@@ -145,8 +169,10 @@ def accuracy_rows(args) -> list[dict]:
         std = statistics.stdev(accs) if len(accs) > 1 else 0.0
         rows.append(dict(method=method, sparsity=sparsity, accs=accs, mean=mean, std=std))
         dense = rows[0]["mean"]
+        batches = speedups.get(("channel-static" if method == "channel-finetune" else method, sparsity))
+        speed = "  speed-up " + " / ".join(f"b{b['batch_size']} {b['speedup']:.2f}x" for b in batches) if batches else ""
         print(f"{method:16} {sparsity:5.2f}  {mean:6.2f} ± {std:4.2f}  (n={len(accs)}: "
-              f"{', '.join(f'{a:.2f}' for a in accs)})  Δ vs dense {mean - dense:+6.2f}", flush=True)
+              f"{', '.join(f'{a:.2f}' for a in accs)})  Δ vs dense {mean - dense:+6.2f}{speed}", flush=True)
     return rows
 
 
@@ -202,6 +228,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--accuracy", action="store_true", help="also train tf-cnn on cifar10-mini")
     parser.add_argument("--epochs", type=int, default=5, help="--accuracy: epochs per run")
     parser.add_argument("--seeds", type=int, default=2, help="--accuracy: seeds per method")
+    parser.add_argument("--finetune-epochs", type=int, default=2,
+                        help="--accuracy: channel-finetune's fine-tuning epochs (0: leave it out)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (the least median counts)")
+    parser.add_argument("--train-threads", type=int, default=1,
+                        help="--accuracy: CPU threads while training (default 1: tiny nets, shared cores)")
     parser.add_argument("--layers", action="store_true", help="also the single-layer CSR table")
     parser.add_argument("--no-latency", action="store_true", help="skip the model latency table")
     parser.add_argument("--quick", action="store_true", help="a reduced run: batch 64, min-run-time 0.05")
@@ -210,12 +241,12 @@ def main(argv: list[str] | None = None) -> int:
         args.batch, args.min_run_time = 64, 0.05
     torch.set_num_threads(args.threads)
     print(_machine())
-    if not args.no_latency:
-        latency_rows(args)
+    latency = [] if args.no_latency else latency_rows(args)
     if args.layers:
         layer_rows(args)
     if args.accuracy:
-        accuracy_rows(args)
+        torch.set_num_threads(args.train_threads)
+        accuracy_rows(args, latency)
     return 0
 
 

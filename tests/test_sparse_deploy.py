@@ -47,7 +47,7 @@ def test_channel_masked_models_deploy_physically_smaller():
 
 
 def test_deployed_report_gives_latencies_and_stored_bytes(dsr_tfcnn):
-    report = deployed_report(dsr_tfcnn, batch_sizes=(1, 8), min_run_time=0.01)
+    report = deployed_report(dsr_tfcnn, batch_sizes=(1, 8), min_run_time=0.01, rounds=1)
     assert [b["batch_size"] for b in report["batches"]] == [1, 8]
     for batch in report["batches"]:
         assert batch["deployed_ms"] > 0 and batch["dense_ms"] > 0
@@ -64,7 +64,7 @@ def test_nm_models_report_their_nm_bytes():
     torch.manual_seed(0)
     model = sparsify(opswap.build_model("tf-cnn"), 0.5)
     make_pruner("nm", model, 0.5, 10).before_training(model, None)
-    report = deployed_report(model.eval(), batch_sizes=(2,), min_run_time=0.01)
+    report = deployed_report(model.eval(), batch_sizes=(2,), min_run_time=0.01, rounds=1)
     sparse_weights = sum(layer.weight.numel() for _, layer in dynamic_layers(model))
     assert report["nm_pattern"] == [2, 4]
     assert report["nm_bytes"] == report["dense_bytes"] - 4 * sparse_weights + sparse_weights * 17 // 8  # 2.125 bytes a weight

@@ -11,9 +11,9 @@ of coupled channels; a *unit* is one channel of a group (all its rows and column
 - `ChannelPruner` (`make_pruner("channel", ...)`): the same units as *masks* during training,
   so the optimiser keeps its parameters. mode "static" sets them once by importance; mode
   "dynamic" is DSR (Mostafa & Wang, ICML 2019) at channel granularity — every `period` steps
-  prune active units whose relative filter norm is below a global threshold H, regrow as many
-  at random (shared in proportion to each group's surviving units) and halve / double H to keep
-  the count near Np. `finalize` removes the masked units physically.
+  prune active units whose relative filter norm is below a global threshold H (at most
+  (1 + tolerance)·Np, lowest first), regrow as many at random (shared in proportion to each
+  group's surviving units) and halve / double H to keep the count under H near Np. `finalize` removes the masked units physically.
 
 A masked unit contributes nothing: its filters (conv/linear rows), their biases and the BN
 γ and β of the channel are held at zero, so the channel is exactly 0 before and after BN (in
@@ -61,6 +61,13 @@ class ChannelSettings:
     seed: int = 0
 
     def __post_init__(self):
+        for key in ("period", "threshold", "prune_fraction", "tolerance", "gain", "stop_fraction", "seed"):
+            value, kind = getattr(self, key), int if key in ("period", "seed") else (int, float)
+            if isinstance(value, bool) or not isinstance(value, kind):
+                raise ValueError(f"prune method 'channel': {key} must be "
+                                 f"{'an integer' if kind is int else 'a number'}, got {value!r}")
+        if self.scope is not None and not isinstance(self.scope, str):
+            raise ValueError(f"prune method 'channel': scope must be a dotted module path, got {self.scope!r}")
         for key, allowed in (("mode", CHANNEL_MODES), ("importance", IMPORTANCES),
                              ("initial", ("random", "importance")), ("criterion", CRITERIA)):
             if getattr(self, key) not in allowed:
@@ -300,10 +307,6 @@ def channel_prune(model_or_block: nn.Module, sparsity: float, *, importance: str
 
 # --- masks during training ------------------------------------------------------------------
 
-def _rows(tensor: torch.Tensor, role: str, index: torch.Tensor) -> tuple[int, torch.Tensor]:
-    return (1 if role == "in" else 0), index.to(tensor.device)
-
-
 class ChannelPruner(MaskPruner):
     """Channel masks held through training (static) or reallocated on DSR's schedule (dynamic)."""
 
@@ -385,7 +388,8 @@ class ChannelPruner(MaskPruner):
             if not index.numel():
                 continue
             for param in self._params(slot):
-                dim, idx = _rows(param, slot.role if param.dim() > 1 else "out", index)
+                dim = 1 if slot.role == "in" else 0  # input columns, else filters / channels
+                idx = index.to(param.device)
                 param.index_fill_(dim, idx, 0.0)
                 if self.optimizer is not None:
                     for value in self.optimizer.state.get(param, {}).values():
@@ -414,18 +418,24 @@ class ChannelPruner(MaskPruner):
     @torch.no_grad()
     def reallocate(self) -> int:
         """One channel-DSR step: prune units below H (relative), regrow as many at random, adapt H."""
-        pruned, survivors, capacity = 0, [], []
-        for group in self.groups:
+        below = []  # (relative score, group index, unit) of every active unit under H
+        for g, group in enumerate(self.groups):
             mask = self.masks[group.root]
             scores = self.unit_scores(group)
-            mean = scores[mask].mean().clamp_min(1e-12)
-            drop = mask & (scores / mean < self.threshold)
-            if drop.sum() == mask.sum():  # keep the group's best unit
-                drop[torch.where(mask, scores, torch.full_like(scores, -1.0)).argmax()] = False
-            pruned += int(drop.sum())
-            mask &= ~drop
-            survivors.append(int(mask.sum()))
-            capacity.append(int((~mask).sum()))
+            relative = scores / scores[mask].mean().clamp_min(1e-12)
+            candidates = (mask & (relative < self.threshold)).nonzero().squeeze(1).tolist()
+            if len(candidates) == int(mask.sum()):  # keep the group's best unit
+                candidates.remove(int(torch.where(mask, relative, torch.full_like(relative, -1.0)).argmax()))
+            below += [(float(relative[u]), g, u) for u in candidates]
+        # Few units per layer: relative norms crowd near 1, and one doubling of H could prune
+        # half a layer at once. Take at most (1 + tolerance)·Np, the lowest first.
+        cap = int((1 + self.settings.tolerance) * self.target_prunes)
+        chosen = sorted(below)[:cap]
+        for _, g, u in chosen:
+            self.masks[self.groups[g].root][u] = False
+        pruned = len(chosen)
+        survivors = [int(self.masks[g.root].sum()) for g in self.groups]
+        capacity = [int((~self.masks[g.root]).sum()) for g in self.groups]
         self.enforce_masks()
         grow = _share(pruned, torch.tensor(survivors), torch.tensor(capacity))
         for group, n in zip(self.groups, grow.tolist()):
@@ -436,11 +446,11 @@ class ChannelPruner(MaskPruner):
                 mask[units] = True
                 self._regrow(group, units)
         threshold_before = self.threshold
-        if pruned > (1 + self.settings.tolerance) * self.target_prunes:
+        if len(below) > cap:
             self.threshold /= self.settings.gain
         elif pruned < (1 - self.settings.tolerance) * self.target_prunes:
             self.threshold *= self.settings.gain
-        self.log.append({"step": self.step, "pruned": pruned, "threshold": threshold_before})
+        self.log.append({"step": self.step, "pruned": pruned, "below": len(below), "threshold": threshold_before})
         return pruned
 
     @torch.no_grad()

@@ -17,7 +17,6 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
-from torch.utils import benchmark
 
 from opswap.sparse.channel import _plain_copy, plain_layer, remove_units, zero_units
 from opswap.sparse.csr import (SparseConv1x1, SparseConv2d, SparseLinear, csr_module, csr_stored_nbytes)
@@ -87,6 +86,8 @@ class CompactLayer(nn.Module):
 
 def median_ms(fn, x: torch.Tensor, min_run_time: float) -> float:
     """Median milliseconds of `fn(x)` by torch.utils.benchmark, at the current thread setting."""
+    from torch.utils import benchmark  # imported here: it loads cpp_extension, which warns without CUDA
+
     timer = benchmark.Timer(stmt="fn(x)", globals={"fn": fn, "x": x}, num_threads=torch.get_num_threads())
     with torch.inference_mode():
         return timer.blocked_autorange(min_run_time=min_run_time).median * 1e3

@@ -38,7 +38,8 @@ class NMSettings:
     def __post_init__(self):
         if not (isinstance(self.n, int) and isinstance(self.m, int) and 1 <= self.n < self.m):
             raise ValueError(f"prune method 'nm' needs integers 1 <= n < m (e.g. n=2, m=4), got n={self.n!r}, m={self.m!r}")
-        if self.period < 0 or not 0.0 <= self.stop_fraction <= 1.0:
+        if (not isinstance(self.period, int) or isinstance(self.period, bool) or self.period < 0
+                or not isinstance(self.stop_fraction, (int, float)) or not 0.0 <= self.stop_fraction <= 1.0):
             raise ValueError(f"prune method 'nm' needs period >= 0 (0: fixed pattern) and 0 <= stop_fraction <= 1, "
                              f"got period={self.period}, stop_fraction={self.stop_fraction}")
 
