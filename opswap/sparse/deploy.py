@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from opswap.sparse.channel import _plain_copy, plain_layer, remove_units, zero_units
+from opswap.sparse.groups import _plain_copy, plain_layer, remove_units, zero_units
 from opswap.sparse.csr import (SparseConv1x1, SparseConv2d, SparseLinear, csr_module, csr_stored_nbytes)
 from opswap.sparse.layers import _set_child, dynamic_layers, is_dynamic, sparsity_report
 from opswap.sparse.nm import is_nm, nm_nbytes
