@@ -134,3 +134,17 @@ def test_export_csr_command(tmp_path, capsys, trained_tfcnn):
     assert torch.equal(restored(x), model(x))
     assert main(["export-csr", str(tmp_path / "missing.safetensors"), "--model", "tf-cnn"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("stride, bias", [(1, True), (2, False), (3, True)])
+def test_a_1x1_csr_conv_needs_no_im2col_and_equals_the_dense_conv(stride, bias):
+    from opswap.sparse import SparseConv1x1
+
+    torch.manual_seed(0)
+    layer = sparsify(nn.Conv2d(12, 20, 1, stride=stride, bias=bias), 0.8).eval()
+    layer.apply_mask_()
+    sparse = to_sparse_inference(layer)
+    assert isinstance(sparse[0], SparseConv1x1)
+    x = torch.randn(3, 12, 9, 9)
+    with torch.no_grad():
+        torch.testing.assert_close(sparse(x), layer(x), rtol=0, atol=1e-5)

@@ -186,7 +186,7 @@ def test_pruner_state_round_trips():
 
 
 @pytest.mark.parametrize("call, message", [
-    (lambda net: make_pruner("magnitude", net, 0.9, 10), "choose one of dsr, static, gradual, none"),
+    (lambda net: make_pruner("magnitude", net, 0.9, 10), "choose one of dsr, static, gradual, channel, nm, none"),
     (lambda net: make_pruner("dsr", net, 0.9, 10, period_steps=5), r"unknown option\(s\) \['period_steps'\]"),
     (lambda net: make_pruner("dsr", nn.Linear(3, 3), 0.9, 10), "sparsify"),
     (lambda net: make_pruner("gradual", net, 0.9, 10, begin=0.6, end=0.5), "begin < end"),

@@ -4,8 +4,9 @@ Export writes one safetensors file: each dynamic layer's weight as CSR arrays (i
 pointers and column indices, fp32 values; conv weights as (c_out, c_in/groups·k·k)), every
 other tensor of the state dict dense, and the shapes in the metadata. The CSR structure is the
 layer's mask, so an active weight that happens to be zero survives the round trip exactly.
-`to_sparse_inference` swaps dynamic layers for modules that compute with CSR matmul (linear)
-and im2col + CSR matmul (conv).
+`to_sparse_inference` swaps dynamic layers for modules that compute with CSR matmul (linear),
+CSR matmul over (c_in, N·H·W) (1x1 conv) and im2col + CSR matmul (other convs), or, given an
+example input, picks per layer between dense, CSR and a channel-compacted form by measurement.
 """
 from __future__ import annotations
 
@@ -180,14 +181,71 @@ class SparseConv2d(nn.Module):
         return y
 
 
-def to_sparse_inference(model: nn.Module) -> nn.Module:
-    """A copy of `model` (in eval mode) whose dynamic layers compute with CSR weights."""
+class SparseConv1x1(nn.Module):
+    """1x1 conv as one CSR matmul on (c_in, N·H·W): no im2col; stride by slicing the input."""
+
+    def __init__(self, layer: DynamicConv2d):
+        super().__init__()
+        if not is_pointwise(layer):
+            raise ValueError(f"SparseConv1x1 needs an ungrouped, unpadded 1x1 conv, got {layer}")
+        self.out_channels, self.stride = layer.out_channels, tuple(layer.stride)
+        arrays = _csr_arrays(layer)
+        weight = _csr_tensor(*(arrays[p] for p in _CSR_PARTS), (layer.out_channels, layer.in_channels))
+        self.register_buffer("weight", weight.to(layer.weight.device), persistent=False)
+        self.bias = None if layer.bias is None else nn.Parameter(layer.bias.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride != (1, 1):
+            x = x[:, :, :: self.stride[0], :: self.stride[1]]
+        n, c, h, w = x.shape
+        y = torch.sparse.mm(self.weight, x.transpose(0, 1).reshape(c, n * h * w))  # (c_out, N·H·W)
+        y = y.view(self.out_channels, n, h, w).transpose(0, 1)
+        if self.bias is not None:
+            y = y + self.bias.view(1, -1, 1, 1)
+        return y.contiguous()
+
+
+def is_pointwise(layer: nn.Module) -> bool:
+    """An ungrouped 1x1 conv without padding: a matmul over channels."""
+    return (isinstance(layer, nn.Conv2d) and tuple(layer.kernel_size) == (1, 1) and layer.groups == 1
+            and tuple(layer.padding) == (0, 0) and tuple(layer.dilation) == (1, 1))
+
+
+def csr_module(layer: DynamicConv2d | DynamicLinear) -> nn.Module:
+    """The CSR inference module of one dynamic layer (1x1 convs without im2col)."""
+    if isinstance(layer, DynamicLinear):
+        return SparseLinear(layer)
+    return SparseConv1x1(layer) if is_pointwise(layer) else SparseConv2d(layer)
+
+
+def csr_stored_nbytes(module: nn.Module) -> int:
+    """Bytes a CSR inference module stores: int32 indices, fp32 values, and its bias."""
+    weight = module.weight
+    nnz = weight.values().numel()
+    bias = 0 if module.bias is None else 4 * module.bias.numel()
+    return nnz * 8 + weight.crow_indices().numel() * 4 + bias
+
+
+def to_sparse_inference(model: nn.Module, example_input: torch.Tensor | None = None, *, device=None,
+                        candidates=("dense", "csr", "channel"), min_run_time: float = 0.1,
+                        margin: float = 0.05, rounds: int = 3):
+    """Sparse inference for `model`.
+
+    Without `example_input` (the original behaviour): an eval copy whose dynamic layers all
+    compute with CSR weights. With it: (model, report), the form of every layer chosen by
+    measurement on `device` among `candidates`, never slower than dense; see
+    `opswap.sparse.deploy.choose_forms`.
+    """
+    if example_input is not None:
+        from opswap.sparse.deploy import choose_forms
+
+        return choose_forms(model, example_input, device=device, candidates=candidates,
+                            min_run_time=min_run_time, margin=margin, rounds=rounds)
     if is_dynamic(model):
         model = nn.Sequential(model)
     copied = copy.deepcopy(model).eval()
     for name, layer in dynamic_layers(copied):
-        sparse = SparseConv2d(layer) if isinstance(layer, DynamicConv2d) else SparseLinear(layer)
-        _set_child(copied, name, sparse)
+        _set_child(copied, name, csr_module(layer))
     return copied
 
 

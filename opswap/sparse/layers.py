@@ -46,7 +46,13 @@ class _Masked:
         self.weight.mul_(self.mask)
 
     def masked_weight(self) -> torch.Tensor:
-        """The weight the forward pass uses."""
+        """The weight the forward pass uses.
+
+        With `straight_through` set (the N:M pruner's recomputation phase) the value is still
+        weight * mask, but the gradient reaches every weight, masked ones included.
+        """
+        if getattr(self, "straight_through", False):
+            return self.weight + (self.weight * self.mask - self.weight).detach()
         return self.weight * self.mask
 
     def extra_repr(self) -> str:
@@ -61,7 +67,7 @@ class DynamicConv2d(_Masked, nn.Conv2d):
         self._init_mask()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(x, self.weight * self.mask, self.bias)
+        return self._conv_forward(x, self.masked_weight(), self.bias)
 
     @classmethod
     def from_dense(cls, conv: nn.Conv2d) -> "DynamicConv2d":
@@ -83,7 +89,7 @@ class DynamicLinear(_Masked, nn.Linear):
         self._init_mask()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight * self.mask, self.bias)
+        return F.linear(x, self.masked_weight(), self.bias)
 
     @classmethod
     def from_dense(cls, linear: nn.Linear) -> "DynamicLinear":

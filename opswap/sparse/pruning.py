@@ -8,6 +8,9 @@
 - "static": magnitude pruning once, before training (per layer, or one global ranking); masks fixed.
 - "gradual": Zhu & Gupta (2017) cubic ramp s_t = s_f·(1 − (1 − (t − t0)/(t1 − t0))³),
   per-layer magnitude pruning every `period` steps; pruned weights never return.
+- "channel": whole channels (filters) as the unit, static by importance or dynamic (DSR's rule
+  per channel); `finalize` removes them physically. See opswap/sparse/channel.py.
+- "nm": an N:M pattern (2:4 by default) along each row, held through training. See nm.py.
 - "none": masks (if any) are only enforced.
 
 Every pruner keeps masked weights at zero after each optimiser step and clears the optimiser
@@ -23,7 +26,7 @@ from torch import nn
 
 from opswap.sparse.layers import DynamicConv2d, DynamicLinear, dynamic_layers
 
-PRUNE_METHODS = ("dsr", "static", "gradual", "none")
+PRUNE_METHODS = ("dsr", "static", "gradual", "channel", "nm", "none")
 
 
 @dataclass(frozen=True)
@@ -79,11 +82,23 @@ def check_prune_options(method: str, options: dict) -> None:
         if options:
             raise ValueError(f"prune method 'none' takes no options, got {sorted(options)}")
         return
-    cls = {"dsr": DSRSettings, "static": StaticSettings, "gradual": GradualSettings}[method]
+    options = {k: v for k, v in options.items() if not (method == "channel" and k == "example_input")}
     try:
-        _settings(cls, method, options)
+        _settings(_settings_class(method), method, options)
     except TypeError as err:
         raise ValueError(f"prune method {method!r}: {err}") from None
+
+
+def _settings_class(method: str):
+    if method == "channel":
+        from opswap.sparse.channel import ChannelSettings
+
+        return ChannelSettings
+    if method == "nm":
+        from opswap.sparse.nm import NMSettings
+
+        return NMSettings
+    return {"dsr": DSRSettings, "static": StaticSettings, "gradual": GradualSettings}[method]
 
 
 def _settings(cls, method: str, options: dict):
@@ -92,7 +107,10 @@ def _settings(cls, method: str, options: dict):
     if unknown:
         raise ValueError(f"prune method {method!r}: unknown option(s) {unknown}; "
                          f"allowed: {sorted(names)}")
-    return cls(**options)
+    try:
+        return cls(**options)
+    except TypeError as err:  # a value of the wrong type, e.g. period="ten"
+        raise ValueError(f"prune method {method!r}: {err}") from None
 
 
 class MaskPruner:
@@ -319,7 +337,12 @@ class DSRPruner(MaskPruner):
 
 def make_pruner(method: str, model: nn.Module, sparsity: float, total_steps: int,
                 **options) -> MaskPruner:
-    """A pruner for `model` (already converted with `sparsify`): dsr, static, gradual or none."""
+    """A pruner for `model`: dsr, static, gradual, nm (after `sparsify`), channel, or none.
+
+    "channel" needs no `sparsify` (it masks whole channels of the dense layers; `sparsity` is the
+    fraction of each prunable group's channels) and takes `example_input` besides its settings;
+    "nm" needs `sparsity` = 1 - n/m (0.5 for 2:4).
+    """
     method = str(method).lower()
     if method not in PRUNE_METHODS:
         raise ValueError(f"unknown prune method {method!r}; choose one of {', '.join(PRUNE_METHODS)}")
@@ -331,11 +354,25 @@ def make_pruner(method: str, model: nn.Module, sparsity: float, total_steps: int
         if options:
             raise ValueError(f"prune method 'none' takes no options, got {sorted(options)}")
         return MaskPruner(model, sparsity, total_steps)
+    if method == "channel":
+        from opswap.sparse.channel import ChannelPruner
+
+        example_input = options.pop("example_input", None)
+        settings = _settings(_settings_class(method), method, options)
+        return ChannelPruner(model, sparsity, total_steps, settings, example_input=example_input)
     if not dynamic_layers(model):
         raise ValueError(f"prune method {method!r}: the model has no DynamicConv2d/DynamicLinear "
                          "layers; convert it first with opswap.sparse.sparsify(model, sparsity)")
     if method == "dsr":
         return DSRPruner(model, sparsity, total_steps, _settings(DSRSettings, method, options))
+    if method == "nm":
+        from opswap.sparse.nm import NMPruner
+
+        settings = _settings(_settings_class(method), method, options)
+        if abs(float(sparsity) - settings.sparsity) > 1e-6:
+            raise ValueError(f"prune method 'nm' with n={settings.n}, m={settings.m} has sparsity "
+                             f"{settings.sparsity:g} (1 - n/m); got sparsity={sparsity!r}")
+        return NMPruner(model, sparsity, total_steps, settings)
     if method == "static":
         return StaticPruner(model, sparsity, total_steps, _settings(StaticSettings, method, options))
     return GradualPruner(model, sparsity, total_steps, _settings(GradualSettings, method, options))
