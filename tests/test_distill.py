@@ -168,8 +168,9 @@ def trained(request):
     else:
         data = downsized(synthetic(2000, 400, seed=5))
     teacher = wrn(1)
-    train(teacher, data, TrainConfig(epochs=2, batch_size=64, optimizer="adam", lr=3e-3, augment=False),
-          device="cpu")
+    # fp32: the thresholds below were set on this teacher; the bank itself distils in auto precision.
+    train(teacher, data, TrainConfig(epochs=2, batch_size=64, optimizer="adam", lr=3e-3, augment=False,
+                                     precision="fp32"), device="cpu")
     pairs = [(1, "baseline"), (1, "conv_bn_e1"), (2, "conv_bn_e1"), (3, "bottleneck_e2")]
     bank = distill_bank(teacher.eval(), data, pairs, DistillConfig(steps=300, batch_size=32, augment=False))
     return teacher, data, bank
