@@ -71,8 +71,9 @@ def resolve_precision(precision: str, device: str | torch.device) -> str:
     if device.type == "cuda":
         fast = cuda_bf16_fast(device)
         if precision == "bf16" and not fast:
+            name = torch.cuda.get_device_name(device) if torch.cuda.is_available() else "no CUDA device"
             raise ValueError(f"precision 'bf16' needs a GPU with native bf16 (Ampere or later); "
-                             f"{torch.cuda.get_device_name(device)} has none: use 'auto' or 'fp32'")
+                             f"{device} ({name}) has none: use 'auto' or 'fp32'")
         return "bf16" if fast else "fp32"
     if precision == "bf16":
         return "bf16"  # asked for: runs anywhere autocast does, slowly without native bf16

@@ -151,8 +151,8 @@ def _step_scheduler(scheduler: lr_scheduler.LRScheduler) -> None:
         scheduler.step()
 
 
-def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
+def _optimizer(params, config: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in params if p.requires_grad]
     if config.optimizer == "adam":
         return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
     return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
@@ -194,7 +194,7 @@ def train(model: nn.Module, data: ImageData, config: TrainConfig, *, device=None
                       device=device, channels_last=fmt is torch.channels_last)
     steps_per_epoch = len(batches)
     total_steps = steps_per_epoch * config.epochs
-    optimizer = _optimizer(model, config)
+    optimizer = _optimizer(model.parameters(), config)
     scheduler = make_scheduler(optimizer, config, steps_per_epoch)
     if pruner is not None:
         pruner.before_training(model, optimizer)

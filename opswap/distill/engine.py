@@ -300,7 +300,8 @@ def _entry(pair: _Pair, config: DistillConfig) -> BankEntry:
     window = hist[-max(1, round(len(hist) * config.final_window)):]
     final = sum(window) / len(window) if pair.active else float("nan")
     module = pair.module.eval()
-    state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+    # contiguous: a bf16 pass trains in channels_last, the bank stores (safetensors) plain layouts
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
     return BankEntry(position=pair.position.index, op=pair.spec.name, family=pair.spec.family,
                      params=pair.spec.kwargs, c_in=pair.position.c_in, c_out=pair.position.c_out,
                      stride=pair.position.stride, state_dict=state, distill_loss=final,
