@@ -3,23 +3,28 @@
 SGD with Nesterov momentum and a cosine schedule is the WRN recipe of Zagoruyko & Komodakis
 (2016); Adam is the recipe of the dynamic-pruning study's Keras CNN. Distillation from a
 teacher's logits follows Hinton et al. (2015); label smoothing Szegedy et al. (2016).
-Batches come from `opswap.data.Batches` (on-device uint8 data, batched augmentation).
+Batches come from `opswap.data.Batches` (on-device uint8 data, batched augmentation); the
+precision (fp32, or bf16 autocast with channels_last) is chosen by `opswap.precision`.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
+import statistics
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim import lr_scheduler
 
 from opswap.data import Batches, ImageData
+from opswap.precision import PRECISIONS, autocast, memory_format, resolve_precision, use_compile
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("cosine", "step", "onecycle", "constant")
@@ -46,9 +51,8 @@ class TrainConfig:
     kd_weight: float = 0.0
     kd_temperature: float = 4.0
     grad_clip: float = 0.0
-    amp: bool = True  # bf16 autocast, CUDA only
-    channels_last: bool = True  # CUDA only
-    compile: bool = False
+    precision: str = "auto"  # auto | fp32 | bf16 (autocast + channels_last); see opswap.precision
+    compile: bool | None = None  # torch.compile; None: on CUDA, off on CPU (slower there)
     seed: int = 0
     eval_batch_size: int = 1000
 
@@ -64,6 +68,10 @@ class TrainConfig:
             bad("schedule", " | ".join(SCHEDULES))
         if self.normalize not in ("standard", "unit"):
             bad("normalize", "standard | unit")
+        if self.precision not in PRECISIONS:
+            bad("precision", " | ".join(PRECISIONS))
+        if self.compile not in (None, True, False):
+            bad("compile", "true | false | unset (CUDA only)")
         for key in ("epochs", "batch_size", "eval_batch_size"):
             if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
                 bad(key, "an integer >= 1")
@@ -94,34 +102,57 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class TrainResult:
-    """Outcome of `train`: status ok | diverged, per-epoch history and final metrics."""
+    """Outcome of `train`: status ok | diverged, per-epoch history, final metrics, resolved precision."""
 
     status: str
     history: list[dict]
     metrics: dict = field(default_factory=dict)
     error: str | None = None
+    precision: str = "fp32"  # what config.precision resolved to on the device: fp32 | bf16
 
 
-def lr_factor(config: TrainConfig, step: int, total_steps: int, steps_per_epoch: int) -> float:
-    """Multiplier of the base learning rate at optimiser step `step` (0-based)."""
+def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig,
+                   steps_per_epoch: int) -> lr_scheduler.LRScheduler:
+    """`config.schedule` as torch.optim.lr_scheduler objects, stepped after every optimiser step.
+
+    A linear warm-up over `warmup_epochs` (from lr/warmup_steps; one-cycle: from lr/25, over
+    30 % of the run when no warm-up is set) is followed by cosine annealing to zero, steps of
+    `step_gamma` at the `step_milestones` fractions of the run, a linear decay to zero
+    (one-cycle) or a constant rate.
+    """
+    total = steps_per_epoch * config.epochs
     warmup = round(config.warmup_epochs * steps_per_epoch)
     if config.schedule == "onecycle" and warmup == 0:
-        warmup = round(0.3 * total_steps)
-    if step < warmup:
-        start = 0.04 if config.schedule == "onecycle" else 0.0  # one-cycle starts at lr / 25
-        return start + (1 - start) * (step + 1) / warmup
-    t = (step - warmup) / max(1, total_steps - warmup)
+        warmup = round(0.3 * total)
+    warmup = min(warmup, total)
+    rest = max(1, total - warmup)
     if config.schedule == "cosine":
-        return 0.5 * (1 + math.cos(math.pi * t))
-    if config.schedule == "onecycle":
-        return 1.0 - t
-    if config.schedule == "step":
-        return config.step_gamma ** sum(step >= m * total_steps for m in config.step_milestones)
-    return 1.0
+        main = lr_scheduler.CosineAnnealingLR(optimizer, T_max=rest)
+    elif config.schedule == "onecycle":
+        main = lr_scheduler.LinearLR(optimizer, 1.0, 0.0, total_iters=rest)
+    elif config.schedule == "step":  # milestones count the whole run's steps, warm-up included
+        milestones = [max(0, math.ceil(m * total) - warmup) for m in config.step_milestones]
+        main = lr_scheduler.MultiStepLR(optimizer, milestones, gamma=config.step_gamma)
+    else:
+        main = lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    if warmup == 0:
+        return main
+    start = 0.04 if config.schedule == "onecycle" else 0.0
+    ramp = (lr_scheduler.LinearLR(optimizer, start + (1 - start) / warmup, 1.0, total_iters=warmup - 1)
+            if warmup > 1 else lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0))
+    with warnings.catch_warnings():  # SequentialLR steps its schedulers with an epoch argument
+        warnings.simplefilter("ignore", UserWarning)
+        return lr_scheduler.SequentialLR(optimizer, [ramp, main], milestones=[warmup])
 
 
-def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
+def _step_scheduler(scheduler: lr_scheduler.LRScheduler) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        scheduler.step()
+
+
+def _optimizer(params, config: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in params if p.requires_grad]
     if config.optimizer == "adam":
         return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
     return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
@@ -133,10 +164,6 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
-
-
-def _autocast(device: torch.device, amp: bool):
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp and device.type == "cuda")
 
 
 def train(model: nn.Module, data: ImageData, config: TrainConfig, *, device=None,
@@ -156,8 +183,9 @@ def train(model: nn.Module, data: ImageData, config: TrainConfig, *, device=None
         raise ValueError("kd_weight > 0 needs a teacher model")
     device = resolve_device(device)
     cuda = device.type == "cuda"
+    precision = resolve_precision(config.precision, device)
     torch.manual_seed(config.seed)
-    fmt = torch.channels_last if cuda and config.channels_last else torch.contiguous_format
+    fmt = memory_format(device, precision)
     model.to(device, memory_format=fmt)
     if teacher is not None:
         teacher.to(device, memory_format=fmt).eval()
@@ -166,34 +194,40 @@ def train(model: nn.Module, data: ImageData, config: TrainConfig, *, device=None
                       device=device, channels_last=fmt is torch.channels_last)
     steps_per_epoch = len(batches)
     total_steps = steps_per_epoch * config.epochs
-    optimizer = _optimizer(model, config)
+    optimizer = _optimizer(model.parameters(), config)
+    scheduler = make_scheduler(optimizer, config, steps_per_epoch)
     if pruner is not None:
         pruner.before_training(model, optimizer)
     history: list[dict] = []
     start_epoch, step = 0, 0
     if resume and checkpoint and Path(checkpoint).is_file():
-        state = load_checkpoint(checkpoint, model, optimizer, pruner, device=device)
+        state = load_checkpoint(checkpoint, model, optimizer, pruner, scheduler=scheduler, device=device)
         saved = state.get("config") or config.to_dict()
-        changed = {k: (saved.get(k), v) for k, v in config.to_dict().items() if saved.get(k) != v}
+        changed = {k: (saved[k], v) for k, v in config.to_dict().items() if k in saved and saved[k] != v}
+        if state.get("precision", precision) != precision:
+            changed["precision (resolved)"] = (state["precision"], precision)
         if changed:
             raise ValueError(f"cannot resume from {checkpoint}: it was written with other settings "
                              + ", ".join(f"{k} {a!r} (now {b!r})" for k, (a, b) in changed.items()))
         start_epoch, step, history = state["epoch"], state["step"], state["history"]
+        if "scheduler" not in state:  # a checkpoint from before schedulers were saved
+            for _ in range(step):
+                _step_scheduler(scheduler)
         batches.generator.set_state(state["data_rng"])
         torch.set_rng_state(state["torch_rng"])
-    forward = torch.compile(model) if config.compile else model
+    forward = torch.compile(model) if use_compile(config.compile, device) else model
     bar = _progress(progress, total_steps, step)
     last_eval: dict[str, dict] = {}
+    evaluate_split = lambda split: evaluate(model, data, split, batch_size=config.eval_batch_size,  # noqa: E731
+                                            device=device, normalize=config.normalize, precision=precision)
     for epoch in range(start_epoch, config.epochs):
         model.train()
         t0 = time.perf_counter()
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.int64)
-        seen = 0
+        seen, lr = 0, optimizer.param_groups[0]["lr"]
         for i, (x, y) in enumerate(batches):
-            for g in optimizer.param_groups:
-                g["lr"] = config.lr * lr_factor(config, step, total_steps, steps_per_epoch)
-            with _autocast(device, config.amp):
+            with autocast(device, precision):
                 logits = forward(x)
                 loss = _loss(logits, y, x, teacher, config)
             optimizer.zero_grad(set_to_none=True)
@@ -201,6 +235,8 @@ def train(model: nn.Module, data: ImageData, config: TrainConfig, *, device=None
             if config.grad_clip > 0:
                 nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
+            lr = optimizer.param_groups[0]["lr"]  # the rate this step used
+            _step_scheduler(scheduler)
             step += 1
             if pruner is not None:
                 pruner.after_step(step)
@@ -211,7 +247,7 @@ def train(model: nn.Module, data: ImageData, config: TrainConfig, *, device=None
             if (not cuda or i % 25 == 24 or i == steps_per_epoch - 1) and not torch.isfinite(loss_sum):
                 bar.close()
                 error = f"loss became {loss.item()} at epoch {epoch + 1}, step {step}"
-                return TrainResult("diverged", history, _final(history, last_eval), error)
+                return TrainResult("diverged", history, _final(history, last_eval, precision), error, precision)
             bar.update(1)
         if cuda:
             torch.cuda.synchronize()
@@ -221,23 +257,21 @@ def train(model: nn.Module, data: ImageData, config: TrainConfig, *, device=None
                   "val": eval_split in ("val", "both")}
         for split, now in wanted.items():
             if now:
-                last_eval[split] = evaluate(model, data, split, batch_size=config.eval_batch_size,
-                                            device=device, normalize=config.normalize, amp=config.amp)
+                last_eval[split] = evaluate_split(split)
             row[f"{split}_loss"] = last_eval[split]["loss"] if now else None
             row[f"{split}_acc"] = last_eval[split]["acc"] if now else None
-        row.update(lr=optimizer.param_groups[0]["lr"], seconds=time.perf_counter() - t0,
-                   images_per_s=seen / train_seconds)
+        row.update(lr=lr, seconds=time.perf_counter() - t0, images_per_s=seen / train_seconds)
         history.append(row)
         bar.set_postfix(loss=f"{row['train_loss']:.3f}", acc=f"{row['test_acc'] or row['val_acc'] or 0:.1f}")
         if checkpoint:
             save_checkpoint(checkpoint, model, optimizer, pruner, epoch=epoch + 1, step=step, history=history,
-                            data_rng=batches.generator.get_state(), config=config)
+                            data_rng=batches.generator.get_state(), config=config, scheduler=scheduler,
+                            precision=precision)
     bar.close()
     for split in ("test", "val") if data.x_val is not None else ("test",):
         if split not in last_eval:  # a run resumed after its last epoch, or val not watched
-            last_eval[split] = evaluate(model, data, split, batch_size=config.eval_batch_size,
-                                        device=device, normalize=config.normalize, amp=config.amp)
-    return TrainResult("ok", history, _final(history, last_eval))
+            last_eval[split] = evaluate_split(split)
+    return TrainResult("ok", history, _final(history, last_eval, precision), precision=precision)
 
 
 def _loss(logits, y, x, teacher, config: TrainConfig):
@@ -252,7 +286,7 @@ def _loss(logits, y, x, teacher, config: TrainConfig):
     return loss
 
 
-def _final(history: list[dict], last_eval: dict) -> dict:
+def _final(history: list[dict], last_eval: dict, precision: str) -> dict:
     """Final metrics: last epoch's train figures, the last evaluations and the best accuracies."""
     test, val = last_eval.get("test", {}), last_eval.get("val", {})
     accs = [r["test_acc"] for r in history if r.get("test_acc") is not None]
@@ -261,7 +295,8 @@ def _final(history: list[dict], last_eval: dict) -> dict:
     return {"test_acc": test.get("acc"), "test_loss": test.get("loss"),
             "best_test_acc": max(accs) if accs else None, "train_acc": last.get("train_acc"),
             "train_loss": last.get("train_loss"), "val_acc": val.get("acc"), "val_loss": val.get("loss"),
-            "best_val_acc": max(vaccs) if vaccs else None, "per_class_acc": test.get("per_class_acc")}
+            "best_val_acc": max(vaccs) if vaccs else None, "per_class_acc": test.get("per_class_acc"),
+            "precision": precision}
 
 
 class _NoBar:
@@ -278,20 +313,24 @@ def _progress(enabled: bool, total: int, initial: int):
     return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, leave=False)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def evaluate(model: nn.Module, data: ImageData, split: str = "test", *, batch_size: int = 1000,
-             device=None, normalize: str = "standard", amp: bool = True) -> dict:
-    """Accuracy (percent), mean cross-entropy and per-class accuracy of `model` on `split`."""
+             device=None, normalize: str = "standard", precision: str = "auto") -> dict:
+    """Accuracy (percent), mean cross-entropy and per-class accuracy of `model` on `split`.
+
+    Runs in `precision` (auto | fp32 | bf16: bf16 autocast with channels_last batches).
+    """
     x, y = data.split(split)
     device = resolve_device(device) if device is not None else next(model.parameters()).device
+    precision = resolve_precision(precision, device)
     was_training = model.training
     model.eval()
-    batches = Batches(x, y, batch_size, mean=data.mean, std=data.std, normalize=normalize,
-                      device=device, channels_last=device.type == "cuda")
+    batches = Batches(x, y, batch_size, mean=data.mean, std=data.std, normalize=normalize, device=device,
+                      channels_last=memory_format(device, precision) is torch.channels_last)
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     preds = []
     for xb, yb in batches:
-        with _autocast(device, amp):
+        with autocast(device, precision):
             logits = model(xb).float()
         loss_sum += F.cross_entropy(logits, yb, reduction="sum").double()
         preds.append(logits.argmax(1))
@@ -304,27 +343,59 @@ def evaluate(model: nn.Module, data: ImageData, split: str = "test", *, batch_si
     return {"acc": 100.0 * hit.mean().item(), "loss": loss_sum.item() / len(y), "per_class_acc": per_class_acc}
 
 
+class Latency(float):
+    """A forward time in milliseconds — the median, usable as a float — with its spread.
+
+    `median_ms`, `iqr_ms` (interquartile range), `runs` (timed blocks) and `number_per_run`
+    (forwards per block); `to_dict()` gives them as plain JSON.
+    """
+
+    def __new__(cls, median_ms: float, iqr_ms: float, runs: int, number_per_run: int):
+        self = super().__new__(cls, median_ms)
+        self.median_ms, self.iqr_ms, self.runs, self.number_per_run = float(median_ms), iqr_ms, runs, number_per_run
+        return self
+
+    def to_dict(self) -> dict:
+        return {"median_ms": self.median_ms, "iqr_ms": self.iqr_ms, "runs": self.runs,
+                "number_per_run": self.number_per_run}
+
+    def __repr__(self) -> str:
+        return f"Latency(median_ms={self.median_ms:.4g}, iqr_ms={self.iqr_ms:.3g}, runs={self.runs})"
+
+
 @torch.inference_mode()
 def measure_latency(model: nn.Module, batch_size: int = 1, *, input_shape=(3, 32, 32), device=None,
-                    warmup: int = 5, repeats: int = 20, amp: bool = False) -> float:
-    """Median forward time in milliseconds of one batch of `batch_size` on `device`."""
+                    warmup: int = 5, repeats: int = 20, min_run_time: float = 0.2,
+                    precision: str = "fp32") -> Latency:
+    """Forward time of one batch of `batch_size` on `device`: median and IQR over timed blocks.
+
+    `torch.utils.benchmark.Timer.blocked_autorange` (CUDA-synchronised, torch's current thread
+    count) times blocks for at least `min_run_time` seconds after `warmup` forwards, and at
+    least `repeats` blocks.
+    """
+    from torch.utils.benchmark import Timer
+
     device = resolve_device(device) if device is not None else next(model.parameters()).device
+    precision = resolve_precision(precision, device)
+    fmt = memory_format(device, precision)
     was_training = model.training
-    model.eval().to(device)
-    x = torch.randn(batch_size, *input_shape, device=device)
-    times = []
-    for i in range(warmup + repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        with _autocast(device, amp):
+    model.eval().to(device, memory_format=fmt)
+    x = torch.randn(batch_size, *input_shape, device=device).contiguous(memory_format=fmt)
+
+    def forward():
+        with autocast(device, precision):
             model(x)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
+
+    for _ in range(warmup):
+        forward()
+    timer = Timer("forward()", globals={"forward": forward}, num_threads=torch.get_num_threads())
+    m = timer.blocked_autorange(min_run_time=min_run_time)
+    times = list(m.times)
+    while len(times) < repeats:
+        times += timer.timeit(m.number_per_run).times
     model.train(was_training)
-    return 1000.0 * sorted(times)[len(times) // 2]
+    q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
+    return Latency(1000.0 * statistics.median(times), 1000.0 * (q[2] - q[0]), len(times), m.number_per_run)
 
 
 def save_weights(model: nn.Module, path: str | os.PathLike, metadata: dict | None = None) -> Path:
@@ -355,23 +426,26 @@ def load_weights(model: nn.Module, path: str | os.PathLike, *, strict: bool = Tr
 
 
 def save_checkpoint(path, model, optimizer, pruner=None, *, epoch: int, step: int, history: list[dict],
-                    data_rng: torch.Tensor, config: TrainConfig | None = None) -> None:
-    """Weights (safetensors), optimiser/pruner/RNG state (tensors only) and progress (JSON)."""
+                    data_rng: torch.Tensor, config: TrainConfig | None = None, scheduler=None,
+                    precision: str | None = None) -> None:
+    """Weights (safetensors), optimiser/scheduler/pruner/RNG state (tensors, numbers) and progress (JSON)."""
     path = Path(path)
     save_weights(model, path)
     state = {"optimizer": optimizer.state_dict(), "pruner": pruner.state_dict() if pruner is not None else {},
              "data_rng": data_rng, "torch_rng": torch.get_rng_state()}
+    if scheduler is not None:
+        state["scheduler"] = scheduler.state_dict()
     tmp = path.with_suffix(".state.pt.tmp")
     torch.save(state, tmp)
     os.replace(tmp, path.with_suffix(".state.pt"))
     meta = {"epoch": epoch, "step": step, "history": history,
-            "config": config.to_dict() if config is not None else None}
+            "config": config.to_dict() if config is not None else None, "precision": precision}
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(meta, indent=1))
     os.replace(tmp, path.with_suffix(".json"))
 
 
-def load_checkpoint(path, model, optimizer=None, pruner=None, *, device=None) -> dict:
+def load_checkpoint(path, model, optimizer=None, pruner=None, *, scheduler=None, device=None) -> dict:
     """Restore a checkpoint written by `save_checkpoint`; returns epoch, step, history and RNG states."""
     path = Path(path)
     load_weights(model, path)
@@ -380,5 +454,12 @@ def load_checkpoint(path, model, optimizer=None, pruner=None, *, device=None) ->
         optimizer.load_state_dict(state["optimizer"])
     if pruner is not None and state["pruner"]:
         pruner.load_state_dict(state["pruner"])
+    if scheduler is not None and "scheduler" in state:
+        scheduler.load_state_dict(state["scheduler"])
     meta = json.loads(path.with_suffix(".json").read_text())
-    return {**meta, "data_rng": state["data_rng"].cpu(), "torch_rng": state["torch_rng"].cpu()}
+    out = {**meta, "data_rng": state["data_rng"].cpu(), "torch_rng": state["torch_rng"].cpu()}
+    if "scheduler" in state:
+        out["scheduler"] = state["scheduler"]
+    if out.get("precision") is None:
+        out.pop("precision", None)
+    return out

@@ -1,4 +1,5 @@
 """The one train(): configuration, schedules, determinism, divergence, checkpoints, evaluation."""
+import json
 import math
 from dataclasses import replace
 
@@ -7,7 +8,7 @@ import torch
 from torch import nn
 
 from opswap.data import load_dataset, synthetic
-from opswap.training import (TrainConfig, evaluate, load_checkpoint, load_weights, lr_factor,
+from opswap.training import (TrainConfig, evaluate, load_checkpoint, load_weights, make_scheduler,
                              measure_latency, save_weights, train)
 
 TIMING = ("seconds", "images_per_s")
@@ -48,20 +49,60 @@ def test_config_defaults_follow_the_optimizer():
     assert (adam.lr, adam.weight_decay, adam.schedule) == (1e-3, 0.0, "constant")
 
 
+def lr_factor(config: TrainConfig, step: int, total_steps: int, steps_per_epoch: int) -> float:
+    """The hand-written schedule the engine had before torch.optim.lr_scheduler: the reference."""
+    warmup = round(config.warmup_epochs * steps_per_epoch)
+    if config.schedule == "onecycle" and warmup == 0:
+        warmup = round(0.3 * total_steps)
+    if step < warmup:
+        start = 0.04 if config.schedule == "onecycle" else 0.0
+        return start + (1 - start) * (step + 1) / warmup
+    t = (step - warmup) / max(1, total_steps - warmup)
+    if config.schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * t))
+    if config.schedule == "onecycle":
+        return 1.0 - t
+    if config.schedule == "step":
+        return config.step_gamma ** sum(step >= m * total_steps for m in config.step_milestones)
+    return 1.0
+
+
+def scheduled_factors(config: TrainConfig, steps_per_epoch: int) -> list[float]:
+    """The lr multiplier of every step, as the engine's scheduler sets it."""
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=config.lr)
+    scheduler = make_scheduler(optimizer, config, steps_per_epoch)
+    out = []
+    for _ in range(steps_per_epoch * config.epochs):
+        out.append(optimizer.param_groups[0]["lr"] / config.lr)
+        optimizer.step()
+        scheduler.step()
+    return out
+
+
 @pytest.mark.parametrize("schedule, step, expected", [
-    ("cosine", 0, 1.0), ("cosine", 50, 0.5), ("cosine", 100, 0.0), ("constant", 77, 1.0),
-    ("step", 29, 1.0), ("step", 30, 0.2), ("step", 85, 0.2 ** 3), ("onecycle", 0, 0.04 + 0.96 / 30),
-    ("onecycle", 29, 1.0), ("onecycle", 65, 0.5),
+    ("cosine", 0, 1.0), ("cosine", 50, 0.5), ("cosine", 99, 0.5 * (1 + math.cos(math.pi * 0.99))),
+    ("constant", 77, 1.0), ("step", 29, 1.0), ("step", 30, 0.2), ("step", 85, 0.2 ** 3),
+    ("onecycle", 0, 0.04 + 0.96 / 30), ("onecycle", 29, 1.0), ("onecycle", 65, 0.5),
 ])
 def test_lr_schedules(schedule, step, expected):
     config = TrainConfig(epochs=10, schedule=schedule)
-    assert lr_factor(config, step, 100, 10) == pytest.approx(expected)
+    assert scheduled_factors(config, 10)[step] == pytest.approx(expected)
 
 
 def test_warmup_is_linear_then_cosine():
-    config = TrainConfig(epochs=10, warmup_epochs=2)
-    assert [lr_factor(config, s, 100, 10) for s in (0, 9, 19)] == pytest.approx([0.05, 0.5, 1.0])
-    assert lr_factor(config, 60, 100, 10) == pytest.approx(0.5)
+    factors = scheduled_factors(TrainConfig(epochs=10, warmup_epochs=2), 10)
+    assert [factors[s] for s in (0, 9, 19)] == pytest.approx([0.05, 0.5, 1.0])
+    assert factors[60] == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "step", "onecycle", "constant"])
+@pytest.mark.parametrize("warmup_epochs", [0.0, 0.1, 1.0, 2.5])
+@pytest.mark.parametrize("steps_per_epoch", [1, 7, 40])
+def test_schedulers_give_the_hand_written_rates(schedule, warmup_epochs, steps_per_epoch):
+    for milestones in [(0.3, 0.6, 0.8), (0.05, 0.5)]:
+        config = TrainConfig(epochs=4, schedule=schedule, warmup_epochs=warmup_epochs, step_milestones=milestones)
+        want = [lr_factor(config, s, 4 * steps_per_epoch, steps_per_epoch) for s in range(4 * steps_per_epoch)]
+        assert scheduled_factors(config, steps_per_epoch) == pytest.approx(want, rel=1e-12, abs=1e-12)
 
 
 def test_same_seed_on_cpu_gives_identical_history(data):
@@ -190,9 +231,12 @@ def test_distillation_needs_and_uses_a_teacher(data):
     assert taught.status == "ok" and taught.history[0]["train_loss"] != plain.history[0]["train_loss"]
 
 
-def test_latency_is_a_positive_median():
-    ms = measure_latency(tiny(), 4, warmup=1, repeats=3)
-    assert 0 < ms < 5000
+def test_latency_is_a_positive_median_with_its_spread():
+    ms = measure_latency(tiny(), 4, warmup=1, repeats=3, min_run_time=0.01)
+    assert 0 < ms < 5000 and ms == ms.median_ms and ms.runs >= 3 and ms.iqr_ms >= 0
+    assert ms.to_dict() == {"median_ms": ms.median_ms, "iqr_ms": ms.iqr_ms, "runs": ms.runs,
+                            "number_per_run": ms.number_per_run}
+    assert json.loads(json.dumps({"latency": ms})) == {"latency": ms.median_ms}  # a record stores the median
 
 
 def test_tiny_cnn_learns_cifar10_mini_above_chance(cifar10_mini):
@@ -205,6 +249,6 @@ def test_tiny_cnn_learns_cifar10_mini_above_chance(cifar10_mini):
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_bf16_channels_last_learns(data):
-    result = train(tiny(), data, TrainConfig(epochs=2, batch_size=32, amp=True, channels_last=True),
-                   device="cuda")
+    result = train(tiny(), data, TrainConfig(epochs=2, batch_size=32, precision="auto"), device="cuda")
     assert result.status == "ok" and result.metrics["test_acc"] > 15.0
+    assert result.precision == ("bf16" if torch.cuda.is_bf16_supported() else "fp32")

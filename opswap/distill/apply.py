@@ -77,16 +77,20 @@ def random_init_model(teacher: nn.Module, position: int, op: Any, seed: int = 0)
 
 
 def replace1_accuracy(teacher: nn.Module, bank: WeightBank, data: Any, *, split: str = "test",
-                      batch_size: int = 256, device: str | torch.device | None = None,
-                      progress: bool = False) -> dict[tuple[int, str], float]:
+                      batch_size: int = 1000, device: str | torch.device | None = None,
+                      progress: bool = False, precision: str = "auto") -> dict[tuple[int, str], float]:
     """Accuracy (percent) of the teacher with only one block swapped, for every bank entry.
 
-    Fills each entry's `replace1_acc` and returns {(position, op): accuracy}.
+    Fills each entry's `replace1_acc` and returns {(position, op): accuracy}. Evaluation runs
+    under inference mode in `precision` (auto | fp32 | bf16, as in `opswap.precision`).
     """
+    from opswap.precision import memory_format, resolve_precision
     from opswap.training import evaluate
 
     bank.check_teacher(teacher)
     device = resolve_device(device)
+    precision = resolve_precision(precision, device)
+    fmt = memory_format(device, precision)
     normalize = bank.settings.get("normalize", "standard")
     entries = list(bank)
     if progress and sys.stderr.isatty():
@@ -95,7 +99,9 @@ def replace1_accuracy(teacher: nn.Module, bank: WeightBank, data: Any, *, split:
         entries = tqdm(entries, desc="replace-1 accuracy", unit="pair")
     out = {}
     for entry in entries:
-        model = substituted_model(teacher, bank, entry.position, entry.op, check=False).to(device)
-        entry.replace1_acc = evaluate(model, data, split, batch_size=batch_size, normalize=normalize)["acc"]
+        model = substituted_model(teacher, bank, entry.position, entry.op, check=False)
+        model = model.to(device, memory_format=fmt)
+        entry.replace1_acc = evaluate(model, data, split, batch_size=batch_size, normalize=normalize,
+                                      precision=precision)["acc"]
         out[entry.key] = entry.replace1_acc
     return out

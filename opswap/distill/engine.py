@@ -10,7 +10,9 @@ paid once per step for all pairs, not once per pair. When more pairs are request
 
 Every pair sees the same batch sequence and its candidate's initial weights depend only on the
 seed, its position and its op, so a pair's result does not depend on which pairs trained beside
-it or on the chunking.
+it or on the chunking. With `precision` bf16 (what `auto` picks where the device is fast at it,
+see `opswap.precision`) the teacher's forward and the candidates run under bf16 autocast in
+channels_last; weights, optimiser state and the loss stay fp32.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ import torch
 from torch import nn
 
 from opswap.distill.bank import BankEntry, WeightBank, teacher_fingerprint
+from opswap.precision import PRECISIONS, autocast, memory_format, resolve_precision
 
 __all__ = ["DistillConfig", "distill_bank", "normalised_mse", "valid_pairs", "resolve_device"]
 
@@ -49,6 +52,7 @@ class DistillConfig:
     normalize: str = "standard"  # the teacher's input scaling: standard (mean/std) | unit ([0, 1])
     final_window: float = 0.1  # distill_loss = mean loss over this last fraction of the steps
     stop_early: bool = True  # end the teacher's forward after the deepest requested position
+    precision: str = "auto"  # auto | fp32 | bf16: autocast + channels_last for teacher and candidates
 
     def __post_init__(self) -> None:
         problems = []
@@ -70,6 +74,8 @@ class DistillConfig:
                             f"got {self.max_pairs_at_once!r}")
         if self.normalize not in ("standard", "unit"):
             problems.append(f"normalize must be 'standard' or 'unit', got {self.normalize!r}")
+        if self.precision not in PRECISIONS:
+            problems.append(f"precision must be one of {' | '.join(PRECISIONS)}, got {self.precision!r}")
         if not 0 < self.final_window <= 1:
             problems.append(f"final_window must be in (0, 1], got {self.final_window!r}")
         if problems:
@@ -171,13 +177,14 @@ def _pair_seed(seed: int, position: int, op: str) -> int:
     return (seed * 1_000_003 + zlib.crc32(f"{position}/{op}".encode())) % (2**63)
 
 
-def _make_pair(pos: Any, spec: Any, config: DistillConfig, device: torch.device, steps: int) -> _Pair:
+def _make_pair(pos: Any, spec: Any, config: DistillConfig, device: torch.device, steps: int,
+               fmt: torch.memory_format = torch.contiguous_format) -> _Pair:
     from opswap.ops import create_op
 
     with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
         torch.manual_seed(_pair_seed(config.seed, pos.index, spec.name))
         module = create_op(spec.name, pos.c_in, pos.c_out, pos.stride)
-    module = module.to(device).train()
+    module = module.to(device, memory_format=fmt).train()
     params = [p for p in module.parameters() if p.requires_grad]
     optimizer = scheduler = None
     if params:  # identity has nothing to learn: it is scored, not trained
@@ -191,13 +198,15 @@ def _make_pair(pos: Any, spec: Any, config: DistillConfig, device: torch.device,
     return _Pair(pos, spec, module, optimizer, scheduler, [])
 
 
-def _batches(data: Any, config: DistillConfig, device: torch.device) -> Iterable[torch.Tensor]:
+def _batches(data: Any, config: DistillConfig, device: torch.device,
+             channels_last: bool = False) -> Iterable[torch.Tensor]:
     """`config.steps` normalised (and augmented) training batches, epoch after epoch, seeded."""
     from opswap.data import Batches
 
     batches = Batches(data.x_train, data.y_train, min(config.batch_size, len(data.x_train)),
                       mean=data.mean, std=data.std, normalize=config.normalize, augment=config.augment,
-                      shuffle=True, drop_last=True, seed=config.seed, device=device)
+                      shuffle=True, drop_last=True, seed=config.seed, device=device,
+                      channels_last=channels_last)
     done = 0
     while True:
         for x, _ in batches:
@@ -246,13 +255,14 @@ class _Capture:
 
 
 def _train_chunk(teacher: nn.Module, data: Any, chunk: list[tuple[Any, Any]], config: DistillConfig,
-                 device: torch.device, bar: Any) -> list[BankEntry]:
+                 device: torch.device, precision: str, bar: Any) -> list[BankEntry]:
     """Train every pair of `chunk` in one pass over the teacher."""
-    pairs = [_make_pair(pos, spec, config, device, config.steps) for pos, spec in chunk]
+    fmt = memory_format(device, precision)
+    pairs = [_make_pair(pos, spec, config, device, config.steps, fmt) for pos, spec in chunk]
     capture = _Capture(teacher, [p.position for p in pairs], config.stop_early)
     try:
-        for x in _batches(data, config, device):
-            with torch.no_grad():
+        for x in _batches(data, config, device, channels_last=fmt is torch.channels_last):
+            with torch.no_grad(), autocast(device, precision):
                 captured = capture.run(teacher, x)
             losses = []
             for pair in pairs:
@@ -263,7 +273,9 @@ def _train_chunk(teacher: nn.Module, data: Any, chunk: list[tuple[Any, Any]], co
                     with torch.no_grad():
                         loss = normalised_mse(pair.module(xin), target)
                 else:
-                    loss = normalised_mse(pair.module(xin), target)
+                    with autocast(device, precision):
+                        out = pair.module(xin)
+                    loss = normalised_mse(out, target)
                     pair.optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     pair.optimizer.step()
@@ -288,7 +300,8 @@ def _entry(pair: _Pair, config: DistillConfig) -> BankEntry:
     window = hist[-max(1, round(len(hist) * config.final_window)):]
     final = sum(window) / len(window) if pair.active else float("nan")
     module = pair.module.eval()
-    state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+    # contiguous: a bf16 pass trains in channels_last, the bank stores (safetensors) plain layouts
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
     return BankEntry(position=pair.position.index, op=pair.spec.name, family=pair.spec.family,
                      params=pair.spec.kwargs, c_in=pair.position.c_in, c_out=pair.position.c_out,
                      stride=pair.position.stride, state_dict=state, distill_loss=final,
@@ -303,9 +316,11 @@ def distill_bank(teacher: nn.Module, data: Any, pairs: Sequence[tuple[int, Any]]
     if not resolved:
         raise ValueError("no (position, op) pairs to distil")
     device = resolve_device(device)
+    precision = resolve_precision(config.precision, device)
     fingerprint = teacher_fingerprint(teacher)
-    # A private copy: the caller's teacher keeps its mode, device and hooks.
-    frozen = copy.deepcopy(teacher).to(device).eval().requires_grad_(False)
+    # A private copy: the caller's teacher keeps its mode, device, memory format and hooks.
+    frozen = copy.deepcopy(teacher).to(device, memory_format=memory_format(device, precision))
+    frozen.eval().requires_grad_(False)
     size = config.max_pairs_at_once or len(resolved)
     chunks = [resolved[i:i + size] for i in range(0, len(resolved), size)]
     bar = None
@@ -316,9 +331,10 @@ def distill_bank(teacher: nn.Module, data: Any, pairs: Sequence[tuple[int, Any]]
     entries: list[BankEntry] = []
     try:
         for chunk in chunks:
-            entries += _train_chunk(frozen, data, chunk, config, device, bar)
+            entries += _train_chunk(frozen, data, chunk, config, device, precision, bar)
     finally:
         if bar is not None:
             bar.close()
-    return WeightBank(entries, teacher_fingerprint=fingerprint, settings=config.to_dict(), model=model_name,
+    settings = {**config.to_dict(), "precision_resolved": precision}
+    return WeightBank(entries, teacher_fingerprint=fingerprint, settings=settings, model=model_name,
                       dataset=getattr(data, "name", None))
