@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib
 
-__version__ = "0.1.0"
+from opswap._version import __version__
 
 # Public names and the modules that define them; imported on first use so that
 # `opswap --help` and `import opswap` stay fast.

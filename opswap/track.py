@@ -201,7 +201,7 @@ class MlflowSink:
 
         Metric, Param, RunTag = self._entities.Metric, self._entities.Param, self._entities.RunTag
         env, start, times, end = record.get("env") or {}, *_walltimes(record)
-        from opswap import __version__
+        from opswap._version import __version__
 
         tags = {"opswap.trial_id": trial_id, "opswap.study": str(record.get("study") or self.study),
                 "opswap.status": str(record.get("status")), "opswap.attempt": str(record.get("attempt") or 1),

@@ -402,12 +402,12 @@ def save_weights(model: nn.Module, path: str | os.PathLike, metadata: dict | Non
     """Write the model's state dict as safetensors, atomically."""
     from safetensors.torch import save_file
 
+    from opswap.atomic import atomic_path
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={k: str(v) for k, v in (metadata or {}).items()})
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={k: str(v) for k, v in (metadata or {}).items()})
     return path
 
 
@@ -435,9 +435,10 @@ def save_checkpoint(path, model, optimizer, pruner=None, *, epoch: int, step: in
              "data_rng": data_rng, "torch_rng": torch.get_rng_state()}
     if scheduler is not None:
         state["scheduler"] = scheduler.state_dict()
-    tmp = path.with_suffix(".state.pt.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path.with_suffix(".state.pt"))
+    from opswap.atomic import atomic_path
+
+    with atomic_path(path.with_suffix(".state.pt")) as tmp:
+        torch.save(state, tmp)
     meta = {"epoch": epoch, "step": step, "history": history,
             "config": config.to_dict() if config is not None else None, "precision": precision}
     tmp = path.with_suffix(".json.tmp")

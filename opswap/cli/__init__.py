@@ -73,7 +73,7 @@ def _main(argv: list[str]) -> int:
         print(_overview())
         return 0
     if argv[0] == "--version":
-        from opswap import __version__
+        from opswap._version import __version__
 
         print(f"opswap {__version__}")
         return 0

@@ -8,7 +8,8 @@ from opswap.cli._common import check_writable_dir
 from opswap.data import DATASETS
 from opswap.run.record import record_path, write_record
 from opswap.run.spec import INITS, TrialSpec
-from opswap.sparse.pruning import PRUNE_METHODS
+from opswap.sparse.methods import PRUNE_METHODS
+from opswap.precision import PRECISIONS
 from opswap.training import OPTIMIZERS, SCHEDULES
 
 
@@ -29,7 +30,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--normalize", choices=["standard", "unit"], default="standard",
       help="standard: per-dataset mean/std; unit: inputs in [0, 1]")
     a("--no-augment", action="store_true", help="no random crop / flip")
-    a("--compile", action="store_true", help="torch.compile the model")
+    a("--precision", choices=PRECISIONS, default="auto",
+      help="auto: bf16 autocast + channels_last where the device runs them fast (CUDA; CPUs with AMX / "
+           "AVX-512 bf16), else fp32 (see docs/training.md)")
+    a("--compile", action=argparse.BooleanOptionalAction, default=None,
+      help="torch.compile the model (default: on CUDA, off on CPU)")
     a("--seed", type=int, default=0, help="seed of weights, data order, augmentation and pruning")
     a("--val-fraction", type=float, default=0.0, help="hold out this share of train for validation")
     a("--data-fraction", type=float, default=1.0, help="train on this stratified share of train, in (0, 1]")
@@ -58,7 +63,8 @@ def spec_from_args(args: argparse.Namespace) -> TrialSpec:
     train = {"optimizer": args.optimizer, "lr": args.lr, "momentum": args.momentum,
              "weight_decay": args.weight_decay, "schedule": args.schedule, "warmup_epochs": args.warmup_epochs,
              "label_smoothing": args.label_smoothing, "batch_size": args.batch_size,
-             "normalize": args.normalize, "augment": not args.no_augment, "compile": args.compile}
+             "normalize": args.normalize, "augment": not args.no_augment, "compile": args.compile,
+             "precision": args.precision}
     options = dict(parse_overrides(args.prune_option, "--prune-option", "--prune-option period=50"))
     try:
         return TrialSpec.create(

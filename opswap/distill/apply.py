@@ -13,6 +13,9 @@ from torch import nn
 
 from opswap.distill.bank import WeightBank
 from opswap.distill.engine import resolve_device
+from opswap.models import build_model
+from opswap.ops import create_op
+from opswap.substitution import positions, swap
 
 __all__ = ["load_teacher", "substituted_model", "random_init_model", "replace1_accuracy"]
 
@@ -22,8 +25,6 @@ def load_teacher(path: str | Path, model_name: str, num_classes: int = 10) -> nn
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    import opswap
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"teacher checkpoint {str(path)!r} does not exist")
@@ -32,7 +33,7 @@ def load_teacher(path: str | Path, model_name: str, num_classes: int = 10) -> nn
     except (SafetensorError, OSError) as err:
         raise ValueError(f"teacher checkpoint {str(path)!r} is not a safetensors file ({err}); opswap "
                          "loads weights only from safetensors, never from pickled .pt/.pth files") from None
-    model = opswap.build_model(model_name, num_classes=num_classes)
+    model = build_model(model_name, num_classes=num_classes)
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -53,27 +54,23 @@ def load_teacher(path: str | Path, model_name: str, num_classes: int = 10) -> nn
 def substituted_model(teacher: nn.Module, bank: WeightBank, position: int, op: Any, *,
                       check: bool = True) -> nn.Module:
     """A new model: the teacher with `op` at `position`, weights from the bank; teacher untouched."""
-    import opswap
-
     entry = bank.entry(position, op)
     if check:
         bank.check_teacher(teacher)
-    module = opswap.create_op(entry.op, entry.c_in, entry.c_out, entry.stride)
+    module = create_op(entry.op, entry.c_in, entry.c_out, entry.stride)
     module.load_state_dict(entry.state_dict)
-    return opswap.swap(teacher, {entry.position: module})
+    return swap(teacher, {entry.position: module})
 
 
 def random_init_model(teacher: nn.Module, position: int, op: Any, seed: int = 0) -> nn.Module:
     """The `init = "random"` ablation: a freshly initialised `op` at `position`, the teacher elsewhere."""
-    import opswap
-
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        pos = {p.index: p for p in opswap.positions(teacher)}.get(position)
+        pos = {p.index: p for p in positions(teacher)}.get(position)
         if pos is None:
-            return opswap.swap(teacher, {position: op})  # swap names the valid positions
-        module = opswap.create_op(op, pos.c_in, pos.c_out, pos.stride)
-    return opswap.swap(teacher, {position: module})
+            return swap(teacher, {position: op})  # swap names the valid positions
+        module = create_op(op, pos.c_in, pos.c_out, pos.stride)
+    return swap(teacher, {position: module})
 
 
 def replace1_accuracy(teacher: nn.Module, bank: WeightBank, data: Any, *, split: str = "test",

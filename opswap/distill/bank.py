@@ -167,10 +167,10 @@ class WeightBank:
                    for e in self for k, v in e.state_dict.items()}
         meta = {"schema": _SCHEMA, "teacher_fingerprint": self.teacher_fingerprint, "model": self.model,
                 "dataset": self.dataset, "settings": self.settings, "entries": [_json_safe(e.scores()) for e in self]}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        save_file(tensors, str(tmp), metadata={_META_KEY: json.dumps(meta)})
-        tmp.replace(path)
+        from opswap.atomic import atomic_path
+
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata={_META_KEY: json.dumps(meta)})
         return path
 
     @classmethod

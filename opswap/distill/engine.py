@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from opswap.distill.bank import BankEntry, WeightBank, teacher_fingerprint
+from opswap.substitution import positions, valid_ops
 from opswap.precision import PRECISIONS, autocast, memory_format, resolve_precision
 
 __all__ = ["DistillConfig", "distill_bank", "normalised_mse", "valid_pairs", "resolve_device"]
@@ -106,7 +107,6 @@ def valid_pairs(model: nn.Module, positions: Iterable[int] | str = "all",
     With `"all"`, ops that cannot fit a position (identity where the shape changes) are left
     out; an op named explicitly that does not fit is an error.
     """
-    import opswap
     from opswap.ops import OpError, create_op, parse_op
 
     table = _position_table(model)
@@ -115,7 +115,7 @@ def valid_pairs(model: nn.Module, positions: Iterable[int] | str = "all",
     if bad:
         raise ValueError(f"position(s) {bad} do not exist; this model has positions 1..{len(table)}")
     if ops == "all":
-        return [(p, name) for p in wanted for name in opswap.valid_ops(model, p)]
+        return [(p, name) for p in wanted for name in valid_ops(model, p)]
     names = [parse_op(o).name for o in ops]
     out = []
     for p in wanted:
@@ -130,9 +130,7 @@ def valid_pairs(model: nn.Module, positions: Iterable[int] | str = "all",
 
 
 def _position_table(model: nn.Module) -> dict[int, Any]:
-    import opswap
-
-    return {p.index: p for p in opswap.positions(model)}
+    return {p.index: p for p in positions(model)}
 
 
 @dataclass

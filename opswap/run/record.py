@@ -63,7 +63,7 @@ def environment(device: Any = None) -> dict:
     """Versions, git commit, device and host of the current process."""
     import torch
 
-    from opswap import __version__
+    from opswap._version import __version__
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else \

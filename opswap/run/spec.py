@@ -19,7 +19,7 @@ from typing import Any, Literal, get_args
 from opswap.data import DATASETS
 from opswap.distill.engine import DistillConfig
 from opswap.ops import parse_op
-from opswap.sparse.pruning import PRUNE_METHODS, check_prune_options
+from opswap.sparse.methods import PRUNE_METHODS, check_prune_options
 from opswap.training import TrainConfig
 
 __all__ = ["TrialSpec", "PruneConfig", "Init", "TrialKind", "INITS", "TRIAL_KINDS", "trial_id_for",
@@ -32,9 +32,11 @@ TRIAL_KINDS: tuple[str, ...] = get_args(TrialKind)
 # Training settings a trial takes from its own epochs and seed, not from [train].
 _PER_TRIAL = ("epochs", "seed")
 TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name not in _PER_TRIAL)
-# Settings added after records of schema 1 were first written, and the value they had before:
-# left out of the id while they have it, so the ids of older trials stay what they were.
-_ID_NEUTRAL_TRAIN = {"precision": "auto"}
+# Training settings changed after records of schema 1 were first written: at their defaults they
+# hash as the settings they replaced did, so the ids of older trials stay what they were.
+# precision "auto" replaced amp = true and channels_last = true; compile None (on CUDA only)
+# replaced compile = false.
+_ID_LEGACY_TRAIN = {"precision": ("auto", {"amp": True, "channels_last": True}), "compile": (None, {"compile": False})}
 
 
 @functools.lru_cache(maxsize=8)
@@ -227,10 +229,15 @@ def trial_id_for(settings: dict) -> str:
     """12 hex characters of the SHA-256 of the settings' canonical JSON."""
     settings = dict(settings)
     train = dict(settings.get("train") or {})
-    for key, value in _ID_NEUTRAL_TRAIN.items():
-        if train.get(key) == value:
+    for key, (default, legacy) in _ID_LEGACY_TRAIN.items():
+        if key in train and train[key] == default:
             del train[key]
+            for old, value in legacy.items():
+                train.setdefault(old, value)
     if "train" in settings:
         settings["train"] = train
+    distill = settings.get("distill")
+    if isinstance(distill, dict) and distill.get("precision") == "auto":  # added with precision, as above
+        settings["distill"] = {k: v for k, v in distill.items() if k != "precision"}
     text = json.dumps(settings, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]

@@ -91,10 +91,21 @@ def _sparsify(model, spec: TrialSpec, total_steps: int):
     from opswap import sparse
     from opswap.substitution import positions
 
+    sparsity = spec.prune.sparsity
+    options = dict(spec.prune.options)
+    if spec.prune.method in ("dsr", "channel"):
+        options.setdefault("seed", spec.seed)  # regrowth follows the trial's seed
+    if spec.prune.method == "channel":
+        # Whole channels of the dense layers: the swapped block's internal channels, or the model's.
+        import torch
+
+        if spec.position:
+            options.setdefault("scope", positions(model)[spec.position - 1].path)
+        return sparse.make_pruner("channel", model, sparsity, total_steps,
+                                  example_input=torch.randn(2, 3, 32, 32), **options)
     # Fresh weights (scratch, or a random candidate) are rescaled by 1/sqrt(1 - s) to keep
     # activations at the dense scale; weights from a teacher or a weight bank are left as they are.
     rescale = spec.init in ("scratch", "random")
-    sparsity = spec.prune.sparsity
     if spec.position:
         path = positions(model)[spec.position - 1].path
         block = model.get_submodule(path)
@@ -103,9 +114,6 @@ def _sparsify(model, spec: TrialSpec, total_steps: int):
             model.set_submodule(path, converted)
     else:
         sparse.sparsify(model, sparsity, seed=spec.seed, rescale=rescale)
-    options = dict(spec.prune.options)
-    if spec.prune.method == "dsr":
-        options.setdefault("seed", spec.seed)  # regrowth follows the trial's seed
     return sparse.make_pruner(spec.prune.method, model, sparsity, total_steps, **options)
 
 
@@ -146,7 +154,7 @@ def _run(record, spec: TrialSpec, teacher, bank, device, progress, weights_path)
     import torch
 
     from opswap.substitution import complexity, positions
-    from opswap.training import load_weights, measure_latency, save_weights, train
+    from opswap.training import load_weights, save_weights, train
 
     check_inputs(spec, teacher=teacher, bank=bank)
     torch.manual_seed(spec.seed)  # fresh weights (scratch, random init) follow the seed
@@ -163,16 +171,16 @@ def _run(record, spec: TrialSpec, teacher, bank, device, progress, weights_path)
         pruner = _sparsify(model, spec, steps)
     result = train(model, data, config, device=device, teacher=teacher_model, pruner=pruner,
                    progress=progress, eval_split="val" if data.x_val is not None else "test")
-    metrics = {**result.metrics, "params": params, "macs": macs,
+    metrics = {**result.metrics, "params": params, "macs": macs, "precision": result.precision,
                "op_params_count": pos.params if pos else None, "op_macs": pos.macs if pos else None}
     batch = spec.latency_batch_size
-    metrics["latency_ms_b1"] = measure_latency(model, 1, device=device) if batch else None
-    metrics["latency_ms_batch"] = measure_latency(model, batch, device=device, warmup=2, repeats=5) if batch else None
-    metrics["latency_batch_size"] = batch or None
+    metrics.update(_latency(model, batch, device))
     if pruner is not None:
         from opswap.sparse import sparsity_report
 
         metrics.update(sparsity_report(model))
+        if batch:
+            metrics.update(_deployed(model, batch, device, spec))
     else:
         metrics.update(sparsity=0.0, layer_sparsity={}, nonzero_params=params, dense_bytes=4 * params,
                        csr_bytes=None)
@@ -180,6 +188,35 @@ def _run(record, spec: TrialSpec, teacher, bank, device, progress, weights_path)
     record.update(status=result.status, error=result.error, history=result.history, metrics=metrics)
     if spec.save_weights and weights_path is not None and result.status == "ok":
         save_weights(model, Path(weights_path), {"trial_id": record["trial_id"]})
+
+
+def _latency(model, batch: int, device) -> dict:
+    """Median forward time (ms) at batch 1 and at a throughput batch, with its spread (IQR)."""
+    from opswap.training import measure_latency
+
+    if not batch:
+        return {"latency_ms_b1": None, "latency_ms_batch": None, "latency_batch_size": None}
+    out = {"latency_batch_size": batch}
+    for key, size, repeats in (("latency_ms_b1", 1, 20), ("latency_ms_batch", batch, 5)):
+        measured = measure_latency(model, size, device=device, warmup=2, repeats=repeats, min_run_time=0.1)
+        median = measured.get("median_ms") if isinstance(measured, dict) else getattr(measured, "median_ms", measured)
+        iqr = measured.get("iqr_ms") if isinstance(measured, dict) else getattr(measured, "iqr_ms", None)
+        out[key], out[f"{key}_iqr"] = float(median), (None if iqr is None else float(iqr))
+    return out
+
+
+def _deployed(model, batch: int, device, spec: TrialSpec) -> dict:
+    """The deployed form of a pruned model (chosen per layer by measurement) against dense."""
+    from opswap.sparse.deploy import deployed_report
+
+    nm = (spec.prune.options.get("n", 2), spec.prune.options.get("m", 4)) if spec.prune.method == "nm" else None
+    report = deployed_report(model.eval(), batch_sizes=(1, batch), device=device, nm=nm, min_run_time=0.1)
+    b1, bb = report["batches"][0], report["batches"][-1]
+    return {"deployed_ms_b1": b1["deployed_ms"], "dense_ms_b1": b1["dense_ms"],
+            "deployed_ms_batch": bb["deployed_ms"], "dense_ms_batch": bb["dense_ms"],
+            "deployed_speedup_b1": b1["speedup"], "deployed_speedup_batch": bb["speedup"],
+            "deployed_bytes": bb["stored_bytes"], "structured_bytes": report.get("structured_bytes"),
+            "nm_bytes": report.get("nm_bytes"), "deployed_forms": bb["forms"]}
 
 
 def _fresh(spec: TrialSpec, num_classes: int):

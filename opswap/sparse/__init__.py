@@ -9,15 +9,14 @@ form chosen per layer by measurement. See docs/sparsity.md.
 from __future__ import annotations
 
 from opswap.sparse.channel import ChannelPruner, ChannelSettings, channel_prune
-from opswap.sparse.csr import (SparseConv1x1, SparseConv2d, SparseLinear, export_csr, load_csr,
-                               to_sparse_inference)
-from opswap.sparse.deploy import choose_forms, deployed_report
+from opswap.sparse.csr import SparseConv1x1, SparseConv2d, SparseLinear, export_csr, load_csr
+from opswap.sparse.deploy import choose_forms, deployed_report, to_sparse_inference
 from opswap.sparse.layers import (DynamicConv2d, DynamicLinear, default_keep_dense, dynamic_layers,
                                   is_dynamic, sparsify, sparsity_report)
 from opswap.sparse.nm import NMPruner, NMSettings, is_nm, nm_mask, to_semi_structured
-from opswap.sparse.pruning import (PRUNE_METHODS, check_prune_options, DSRPruner, DSRSettings, GradualPruner,
-                                   GradualSettings, MaskPruner, StaticPruner, StaticSettings,
-                                   make_pruner)
+from opswap.sparse.methods import PRUNE_METHODS, check_prune_options, make_pruner
+from opswap.sparse.pruning import (DSRPruner, DSRSettings, GradualPruner, GradualSettings, MaskPruner, StaticPruner,
+                                   StaticSettings)
 
 __all__ = [
     "DynamicConv2d", "DynamicLinear", "sparsify", "default_keep_dense", "dynamic_layers", "is_dynamic",

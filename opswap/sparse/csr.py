@@ -10,8 +10,6 @@ example input, picks per layer between dense, CSR and a channel-compacted form b
 """
 from __future__ import annotations
 
-import argparse
-import copy
 import json
 import warnings
 from pathlib import Path
@@ -22,8 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from opswap.sparse.layers import (DynamicConv2d, DynamicLinear, default_keep_dense, dynamic_layers,
-                                  is_dynamic, sparsity_report, to_dynamic)
+from opswap.sparse.layers import DynamicConv2d, DynamicLinear, dynamic_layers, is_dynamic, to_dynamic
 
 FORMAT = "opswap-csr"
 _CSR_PARTS = ("crow_indices", "col_indices", "values")
@@ -62,9 +59,11 @@ def export_csr(model: nn.Module, path: str | Path) -> int:
             tensors[f"{name}.weight.{part}"] = array.contiguous().clone()
         shapes[name] = list(layer.weight.shape)
     metadata = {"format": FORMAT, "version": "1", "csr_shapes": json.dumps(shapes)}
+    from opswap.atomic import atomic_path
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path), metadata=metadata)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
     return path.stat().st_size
 
 
@@ -224,87 +223,3 @@ def csr_stored_nbytes(module: nn.Module) -> int:
     nnz = weight.values().numel()
     bias = 0 if module.bias is None else 4 * module.bias.numel()
     return nnz * 8 + weight.crow_indices().numel() * 4 + bias
-
-
-def to_sparse_inference(model: nn.Module, example_input: torch.Tensor | None = None, *, device=None,
-                        candidates=("dense", "csr", "channel"), min_run_time: float = 0.1,
-                        margin: float = 0.05, rounds: int = 3):
-    """Sparse inference for `model`.
-
-    Without `example_input` (the original behaviour): an eval copy whose dynamic layers all
-    compute with CSR weights. With it: (model, report), the form of every layer chosen by
-    measurement on `device` among `candidates`, never slower than dense; see
-    `opswap.sparse.deploy.choose_forms`.
-    """
-    if example_input is not None:
-        from opswap.sparse.deploy import choose_forms
-
-        return choose_forms(model, example_input, device=device, candidates=candidates,
-                            min_run_time=min_run_time, margin=margin, rounds=rounds)
-    if is_dynamic(model):
-        model = nn.Sequential(model)
-    copied = copy.deepcopy(model).eval()
-    for name, layer in dynamic_layers(copied):
-        _set_child(copied, name, csr_module(layer))
-    return copied
-
-
-# --- `opswap export-csr` -------------------------------------------------------------------
-
-def add_export_csr_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of `opswap export-csr`."""
-    parser.add_argument("weights", help="a trial's weights (.safetensors, saved with save_weights)")
-    parser.add_argument("--model", required=True, help="model name the weights belong to, e.g. tf-cnn")
-    parser.add_argument("--num-classes", type=int, default=10, help="classifier outputs (default 10)")
-    parser.add_argument("--position", type=int, default=None, help="substituted position, if any")
-    parser.add_argument("--op", default=None, help="candidate op at --position, e.g. bottleneck_e2")
-    parser.add_argument("--out", default=None,
-                        help="output file (default: <weights stem>.csr.safetensors next to the input)")
-
-
-def _model_for(args: argparse.Namespace, state: dict[str, torch.Tensor]) -> nn.Module:
-    from opswap.models import build_model
-
-    model = build_model(args.model, num_classes=args.num_classes)
-    if (args.position is None) != (args.op is None):
-        raise ValueError("--position and --op go together: give both (a substituted model) or neither")
-    if args.op is not None:
-        from opswap.substitution import swap
-
-        model = swap(model, {args.position: args.op})
-    masked = {key[: -len(".mask")] for key in state if key.endswith(".mask")}
-    candidates = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    if masked:
-        chosen = [(n, m) for n, m in candidates if n in masked]
-    else:  # a dense checkpoint: the DSR dense-layer rule decides, masks follow the zeros
-        keep = default_keep_dense(model)
-        chosen = [(n, m) for n, m in candidates if not keep(n, m)]
-    for name, layer in chosen:
-        _set_child(model, name, to_dynamic(layer))
-    if not masked:
-        for name, _ in chosen:
-            state = {**state, f"{name}.mask": state[f"{name}.weight"] != 0}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(f"{args.weights} does not fit --model {args.model}"
-                         f"{f' with {args.op} at position {args.position}' if args.op else ''}: "
-                         f"missing {missing[:5]}, unexpected {unexpected[:5]}")
-    return model
-
-
-def export_csr_main(args: argparse.Namespace) -> int:
-    """Export a checkpoint's weights as CSR and print dense vs CSR bytes."""
-    source = Path(args.weights)
-    if not source.is_file():
-        raise FileNotFoundError(f"weights file {source} does not exist")
-    model = _model_for(args, load_file(str(source)))
-    out = Path(args.out) if args.out else source.with_name(source.stem + ".csr.safetensors")
-    file_bytes = export_csr(model, out)
-    report = sparsity_report(model)
-    ratio = report["csr_bytes"] / report["dense_bytes"]
-    print(f"model       {args.model}  ({len(report['layer_sparsity'])} CSR layers, "
-          f"sparsity {report['sparsity']:.4f})")
-    print(f"dense bytes {report['dense_bytes']:>12,}  (all parameters fp32)")
-    print(f"CSR bytes   {report['csr_bytes']:>12,}  ({ratio:.3f} x dense)")
-    print(f"written     {out}  ({file_bytes:,} bytes with buffers and header)")
-    return 0

@@ -242,3 +242,24 @@ def deployed_report(model: nn.Module, example_shape: tuple[int, ...] = (3, 32, 3
             "dense_params": sum(p.numel() for p in dense.parameters()), "structured_params": structured_params,
             "dense_bytes": int(dense_bytes), "structured_bytes": 4 * structured_params, "csr_bytes": csr_bytes,
             "nm_bytes": nm_bytes, "nm_pattern": list(pattern) if pattern else None}
+
+
+def to_sparse_inference(model: nn.Module, example_input: torch.Tensor | None = None, *, device=None,
+                        candidates=("dense", "csr", "channel"), min_run_time: float = 0.1,
+                        margin: float = 0.05, rounds: int = 3):
+    """Sparse inference for `model`.
+
+    Without `example_input` (the original behaviour): an eval copy whose dynamic layers all
+    compute with CSR weights. With it: (model, report), the form of every layer chosen by
+    measurement on `device` among `candidates`, never slower than dense; see
+    `choose_forms`.
+    """
+    if example_input is not None:
+        return choose_forms(model, example_input, device=device, candidates=candidates,
+                            min_run_time=min_run_time, margin=margin, rounds=rounds)
+    if is_dynamic(model):
+        model = nn.Sequential(model)
+    copied = copy.deepcopy(model).eval()
+    for name, layer in dynamic_layers(copied):
+        _set_child(copied, name, csr_module(layer))
+    return copied

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from opswap.distill.engine import DistillConfig
-from opswap.run.spec import TrialSpec, model_positions, trial_id_for
+from opswap.run.spec import TrialSpec, model_positions
 from opswap.study.schema import Study
 
 __all__ = ["Trial", "Skipped", "Expansion", "expand_study", "teacher_spec", "teacher_ref"]

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from opswap.data import DATASETS, check_dataset
 from opswap.run.spec import model_positions
-from opswap.sparse.pruning import PRUNE_METHODS, check_prune_options
+from opswap.sparse.methods import PRUNE_METHODS, check_prune_options
 from opswap.study.schema import (_EXPECTED, _METHOD_KEYS, _NAME, STUDY_INITS, STUDY_KINDS, Candidate, Method,
                                  Problems, RunConfig, Study, StudyError, StudyFile, TeacherConfig, _closest,
                                  apply_override, check_table, parse_overrides)

@@ -17,15 +17,13 @@ import tomllib
 import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, create_model, field_validator
 
 from opswap.data import DATASETS
 from opswap.distill.engine import DistillConfig
-from opswap.run.spec import TRAIN_KEYS
-from opswap.sparse.pruning import PRUNE_METHODS
+from opswap.sparse.methods import PRUNE_METHODS
 from opswap.training import TrainConfig
 
 __all__ = ["StudyError", "Candidate", "Method", "TeacherConfig", "RunConfig", "Study", "StudyFile",

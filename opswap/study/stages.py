@@ -24,7 +24,7 @@ from opswap.study.schema import Study
 from opswap.study.expand import Expansion, Trial, expand_study, teacher_spec
 
 __all__ = ["StudyRun", "StudyStatus", "run_study", "study_status", "prepare_teacher", "prepare_bank",
-           "write_summary", "plan", "report_inputs", "ReportInputs"]
+           "write_summary", "plan"]
 
 log = logging.getLogger("opswap")
 

@@ -1,0 +1,2 @@
+"""The version of opswap, in one place."""
+__version__ = "0.1.0"
