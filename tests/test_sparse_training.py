@@ -1,12 +1,10 @@
 """Sparse training end to end: the trial record, and DSR tf-cnn against dense on real images."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 import torch
 
-MINI = Path("/work/shared/data/cifar10-mini.npz")
 
 
 def test_a_sparse_trial_records_sparsity_and_bytes(tmp_path):
@@ -34,14 +32,13 @@ def test_a_sparse_trial_records_sparsity_and_bytes(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not MINI.is_file(), reason=f"{MINI} (real CIFAR-10 subset) is not present")
-def test_dsr_tfcnn_ends_within_a_few_points_of_dense_on_cifar10_mini():
+def test_dsr_tfcnn_ends_within_a_few_points_of_dense_on_cifar10_mini(cifar10_mini):
     from opswap.data import load_dataset
     from opswap.models import build_model
     from opswap.sparse import make_pruner, sparsify, sparsity_report
     from opswap.training import TrainConfig, train
 
-    data = load_dataset("npz", MINI, train_fraction=0.25, seed=0)
+    data = load_dataset("npz", cifar10_mini, train_fraction=0.25, seed=0)
     config = TrainConfig(epochs=3, batch_size=32, optimizer="adam", lr=1e-3, normalize="unit",
                          augment=False, seed=0)
     steps = config.epochs * -(-len(data.y_train) // config.batch_size)

@@ -1,6 +1,4 @@
 """The traditional baseline: HOG + colour histograms with a linear classifier."""
-import os
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -9,7 +7,6 @@ import torch
 
 from opswap.methods.traditional import TraditionalConfig, features, fit_evaluate
 
-MINI = Path(os.environ.get("OPSWAP_CIFAR10_MINI", "/work/shared/data/cifar10-mini.npz"))
 FAST = TraditionalConfig(latency_repeats=3)
 
 
@@ -62,9 +59,8 @@ def test_config_errors_say_what_is_allowed(bad):
         TraditionalConfig(**bad)
 
 
-@pytest.mark.skipif(not MINI.exists(), reason="cifar10-mini.npz not available")
-def test_cifar10_mini_is_clearly_above_chance():
-    arrays = np.load(MINI)
+def test_cifar10_mini_is_clearly_above_chance(cifar10_mini):
+    arrays = np.load(cifar10_mini)
     nchw = lambda x: torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))  # noqa: E731
     data = SimpleNamespace(x_train=nchw(arrays["x_train"][:1000]),
                            y_train=torch.from_numpy(arrays["y_train"][:1000]),
