@@ -28,13 +28,16 @@ ROOT = Path(__file__).resolve().parents[1]
 def small_study(args: argparse.Namespace) -> str:
     """quickstart.toml with the model, positions, seeds, epochs and budgets of `args`."""
     text = (ROOT / "studies" / "quickstart.toml").read_text()
+    candidates = ", ".join(f'"{c.strip()}"' for c in args.candidates.split(","))
     subs = {"name": '"study-throughput"', "model": f'"{args.model}"', "positions": f"[{args.positions}]",
-            "seeds": f"[{args.seeds}]", "epochs": f"[{args.epochs}]"}
+            "candidates": f"[{candidates}]", "seeds": f"[{args.seeds}]", "epochs": f"[{args.epochs}]"}
     for key, value in subs.items():
         text = re.sub(rf"(?m)^{key} = .*$", f"{key} = {value}", text, count=1)
     text = re.sub(r"(?ms)(^\[teacher\].*?^epochs = )\d+", rf"\g<1>{args.teacher_epochs}", text)
     text = re.sub(r"(?ms)(^\[distill\].*?^steps = )\d+", rf"\g<1>{args.distill_steps}", text)
     text = re.sub(r"(?m)^workers = \d+", f"workers = {args.workers}", text)
+    if args.data_fraction < 1:
+        text = text.replace("sparsity = [0.0]", f"sparsity = [0.0]\ndata_fraction = [{args.data_fraction}]")
     return text
 
 
@@ -59,7 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="wrn-10-1")
     p.add_argument("--positions", default="1, 2")
+    p.add_argument("--candidates", default="baseline,conv_bn_e1,mbconv")
     p.add_argument("--seeds", default="0")
+    p.add_argument("--data-fraction", type=float, default=1.0, help="share of the 5,000 synthetic training images")
     p.add_argument("--epochs", type=int, default=1, help="epochs per trial")
     p.add_argument("--teacher-epochs", type=int, default=1)
     p.add_argument("--distill-steps", type=int, default=20)
@@ -77,7 +82,9 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(args.repeats):
             for precision in precisions:  # interleaved: a change in machine load hits both
                 times[precision].append(run_once(study, precision, args.threads))
-    print(f"study: {args.model}, positions [{args.positions}], seeds [{args.seeds}], {args.epochs} epoch(s) per "
+                print(f"  {precision}: {times[precision][-1]:.1f} s", flush=True)
+    print(f"study: {args.model}, positions [{args.positions}] x [{args.candidates}], seeds [{args.seeds}], "
+          f"data fraction {args.data_fraction}, {args.epochs} epoch(s) per "
           f"trial, teacher {args.teacher_epochs} epoch(s), distillation {args.distill_steps} steps, "
           f"{args.workers} worker(s); median of {args.repeats}; load average {load:.1f} at start")
     base = statistics.median(times[precisions[0]])
