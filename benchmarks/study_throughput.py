@@ -1,8 +1,9 @@
-"""Wall time of a small study end to end, fp32 against auto precision, through `opswap run`.
+"""Wall time of a small study end to end, fp32 against bf16 (or auto) precision, via `opswap run`.
 
 A copy of studies/quickstart.toml (WRN-10-1 on synthetic data: a teacher, one-pass
 distillation, trials with LANA init) is shrunk to fit a benchmark and run from scratch, once
-with `--set train.precision=fp32 --set distill.precision=fp32` and once with `auto`, each into
+with `--set train.precision=fp32 --set distill.precision=fp32` and once per other precision
+(default bf16; `auto` is what the device resolves to), each into
 its own empty results directory, interleaved over the repeats. The time includes everything a
 study does: process start-up, the teacher, the weight bank, every trial and its record (no
 report).
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--distill-steps", type=int, default=20)
     p.add_argument("--workers", type=int, default=1, help="parallel trials ([run] workers)")
     p.add_argument("--threads", type=int, help="OMP_NUM_THREADS of the study processes")
-    p.add_argument("--precisions", default="fp32,auto")
+    p.add_argument("--precisions", default="fp32,bf16", help="e.g. fp32,auto,bf16; the first is the reference")
     p.add_argument("--repeats", type=int, default=1, help="interleaved repeats; medians are printed")
     args = p.parse_args(argv)
     precisions = args.precisions.split(",")
