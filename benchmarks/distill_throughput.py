@@ -4,9 +4,9 @@ Distils every candidate that fits at three positions of a WRN (seven per positio
 identity fits) for the same number of steps, three ways: all pairs in one pass over the teacher;
 one full teacher pass per pair (the naive way); and one pass per pair that stops the teacher
 after that pair's block (`max_pairs_at_once=1`, the best a per-pair loop can do) — each in every
-`--precisions` (default: fp32, the engine as it was, and auto: bf16 autocast + channels_last
-where the device is fast at it). Prints the wall-clock and process CPU times and the ratios to
-the one-pass run of the same precision, and of auto to fp32 (CPU time with one thread is the
+`--precisions` (default: fp32, the engine as it was, and bf16: bf16 autocast + channels_last;
+`auto` is what the device resolves to). Prints the wall-clock and process CPU times and the
+ratios to the one-pass run of the same precision, and of each precision to fp32 (CPU time with one thread is the
 steadier figure when other jobs share the machine). Weights are random: the cost of a step does
 not depend on them.
 
@@ -53,7 +53,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads (CPU); 1 gives steady figures on a shared machine")
-    parser.add_argument("--precisions", default="fp32,auto", help="comma-separated: fp32, auto, bf16")
+    parser.add_argument("--precisions", default="fp32,bf16", help="comma-separated: fp32, auto, bf16")
     parser.add_argument("--repeats", type=int, default=1, help="interleaved repeats; medians are printed")
     args = parser.parse_args()
     if args.threads:

@@ -1,9 +1,9 @@
-"""Training throughput: opswap's engine (auto precision, fp32) against a plain PyTorch loop, same run.
+"""Training throughput: opswap's engine (auto, bf16, fp32) against a plain PyTorch loop, same run.
 
-Engine: `opswap.training.train` — uint8 data held on the device, batched crop/flip, and with
-`precision="auto"` bf16 autocast + channels_last where the device has fast bf16 (CUDA; CPUs
-with AMX / AVX-512 BF16). `precision="fp32"` is the engine as it was before (fp32, contiguous
-on CPU). Reference: torchvision's CIFAR10 dataset object with PIL transforms (RandomCrop(32, 4),
+Engine: `opswap.training.train` — uint8 data held on the device, batched crop/flip, in each of
+`--precisions` (default auto, bf16 and fp32): `bf16` is bf16 autocast + channels_last, `auto` what
+`opswap.precision.resolve_precision` picks on the device, `fp32` the engine as it was before
+(fp32, contiguous on CPU). Reference: torchvision's CIFAR10 dataset object with PIL transforms (RandomCrop(32, 4),
 RandomHorizontalFlip, ToTensor, Normalize) through a DataLoader, fp32. All three train the same
 model on the same images for the same number of steps after the same warm-up, interleaved;
 the figure is training images per second (evaluation excluded), median of the repeats.
@@ -94,24 +94,29 @@ def throughput(args, device) -> None:
     print(f"device: {_where(device)}; {steps} timed steps of batch {batch} per loop after a warm-up of the "
           f"same, median of {repeats} interleaved repeats; reference: {args.workers} DataLoader workers, fp32;"
           f" load average {os.getloadavg()[0]:.1f} at start")
-    print(f"{'model':<10} {'auto img/s':>11} {'fp32 img/s':>11} {'reference':>10} {'auto/fp32':>10} "
-          f"{'auto/ref':>9} {'fp32/ref':>9} {'s per 50k epoch (auto)':>23}")
+    precisions = args.precisions.split(",")
+    print(f"{'model':<10} " + " ".join(f"{p + ' img/s':>11}" for p in precisions) + f" {'reference':>10} "
+          + " ".join(f"{p + '/ref':>9}" for p in precisions)
+          + " ".join(f" {p + '/' + precisions[-1]:>10}" for p in precisions[:-1])
+          + f" {'s per 50k epoch (' + precisions[0] + ')':>24}")
     with tempfile.TemporaryDirectory() as root:
         x = lambda t: t[:n].permute(0, 2, 3, 1).numpy()  # noqa: E731
         write_cifar_root(root, x(data.x_train), data.y_train[:n].numpy(), x(data.x_test),
                          data.y_test[:n].numpy(), data.classes)
         for model_name in args.models.split(","):
-            runs: dict[str, list[float]] = {"auto": [], "fp32": [], "ref": []}
-            resolved = "?"
+            runs: dict[str, list[float]] = {p: [] for p in precisions + ["ref"]}
+            resolved = {}
             for _ in range(repeats):  # interleaved, so a change in machine load hits every loop
                 runs["ref"].append(reference_images_per_s(model_name, root, data, steps, batch, device, args.workers))
-                ips, resolved = engine_images_per_s(model_name, data, steps, batch, device, "auto", args.compile)
-                runs["auto"].append(ips)
-                runs["fp32"].append(engine_images_per_s(model_name, data, steps, batch, device, "fp32",
-                                                        args.compile)[0])
-            auto, fp32, ref = (statistics.median(runs[k]) for k in ("auto", "fp32", "ref"))
-            print(f"{model_name:<10} {auto:11.0f} {fp32:11.0f} {ref:10.0f} {auto / fp32:9.2f}x {auto / ref:8.2f}x "
-                  f"{fp32 / ref:8.2f}x {50000 / auto:23.1f}   (auto = {resolved}; runs {json.dumps(runs)})",
+                for p in precisions:
+                    ips, resolved[p] = engine_images_per_s(model_name, data, steps, batch, device, p, args.compile)
+                    runs[p].append(ips)
+            med = {k: statistics.median(v) for k, v in runs.items()}
+            first, last = med[precisions[0]], med[precisions[-1]]
+            print(f"{model_name:<10} " + " ".join(f"{med[p]:11.0f}" for p in precisions) + f" {med['ref']:10.0f} "
+                  + " ".join(f"{med[p] / med['ref']:8.2f}x" for p in precisions)
+                  + "".join(f" {med[p] / last:9.2f}x" for p in precisions[:-1])
+                  + f" {50000 / first:24.1f}   (resolved {json.dumps(resolved)}; runs {json.dumps(runs)})",
                   flush=True)
 
 
@@ -181,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--compile", action="store_true", default=None,
                    help="torch.compile in the engine (default: the engine's choice, on for CUDA only)")
+    p.add_argument("--precisions", default="auto,bf16,fp32",
+                   help="engine precisions to compare, each against the last (fp32) and the reference")
     p.add_argument("--repeats", type=int, default=3, help="interleaved repeats; medians are printed")
     p.add_argument("--quick", action="store_true", help="3 steps of batch 64, one repeat, for a smoke test")
     p.add_argument("--concurrent", help="e.g. 1,2,4,8: trials/hour with that many trials at once per device")

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from opswap.data import Batches, ImageData
-from opswap.precision import autocast, memory_format, resolve_precision, use_compile
+from opswap.precision import autocast, memory_format, resolve_precision
 from opswap.training import (TrainConfig, TrainResult, _final, _optimizer, _step_scheduler, evaluate,
                              make_scheduler, resolve_device)
 
@@ -85,7 +85,8 @@ def train_ensemble(models_or_builder: Sequence[nn.Module] | Callable[[], nn.Modu
     once per seed after `torch.manual_seed(seed)` (then member i starts from the weights a
     separate run with that seed starts from). Member i uses `config` with `seed=seeds[i]` for
     its batch order and augmentation. Not supported: a teacher (`kd_weight > 0`), pruners and
-    checkpoints — train those separately. Dropout masks are drawn per member, but not from the
+    checkpoints — train those separately. `config.compile` unset means no torch.compile here
+    (True compiles the vmapped step). Dropout masks are drawn per member, but not from the
     streams separate runs would draw. `images_per_s` in a member's history counts that member's
     images; the ensemble's throughput is k times it.
     """
@@ -114,7 +115,7 @@ def train_ensemble(models_or_builder: Sequence[nn.Module] | Callable[[], nn.Modu
         return torch.func.functional_call(base, (p, b), (x,))
 
     forward = torch.func.vmap(member_forward, randomness="different")
-    if use_compile(config.compile, device):
+    if config.compile:  # only when asked for: compiling a vmapped functional_call is not yet tested on a GPU
         forward = torch.compile(forward)
     x_train = data.x_train.to(device)  # held once on the device, read by every member's batches
     batches = [Batches(x_train, data.y_train, config.batch_size, mean=data.mean, std=data.std,

@@ -355,6 +355,9 @@ class Latency(float):
         self.median_ms, self.iqr_ms, self.runs, self.number_per_run = float(median_ms), iqr_ms, runs, number_per_run
         return self
 
+    def __reduce__(self):  # pickles (loky workers return records holding it) with its spread
+        return (Latency, (self.median_ms, self.iqr_ms, self.runs, self.number_per_run))
+
     def to_dict(self) -> dict:
         return {"median_ms": self.median_ms, "iqr_ms": self.iqr_ms, "runs": self.runs,
                 "number_per_run": self.number_per_run}

@@ -157,12 +157,15 @@ def test_bf16_resume_continues_exactly_with_scheduler_state(tmp_path, data, sche
 
 
 def test_resume_refuses_another_resolved_precision(tmp_path, data, monkeypatch):
-    ckpt = tmp_path / "run.safetensors"
-    train(tiny(), data, TrainConfig(epochs=1, batch_size=32, precision="auto"), checkpoint=ckpt)
     import opswap.training as T
 
-    monkeypatch.setattr(T, "resolve_precision",
-                        lambda p, d: "fp32" if p == "auto" else P.resolve_precision(p, d))
+    def auto_means(resolved):  # as if the checkpoint moved to a machine where auto means another precision
+        monkeypatch.setattr(T, "resolve_precision", lambda p, d: resolved if p == "auto" else P.resolve_precision(p, d))
+
+    ckpt = tmp_path / "run.safetensors"
+    auto_means("bf16")
+    train(tiny(), data, TrainConfig(epochs=1, batch_size=32, precision="auto"), checkpoint=ckpt)
+    auto_means("fp32")
     with pytest.raises(ValueError, match="precision \\(resolved\\)"):
         train(tiny(), data, TrainConfig(epochs=2, batch_size=32, precision="auto"), checkpoint=ckpt, resume=True)
 

@@ -1,6 +1,7 @@
 """The one train(): configuration, schedules, determinism, divergence, checkpoints, evaluation."""
 import json
 import math
+import pickle
 from dataclasses import replace
 
 import pytest
@@ -237,6 +238,8 @@ def test_latency_is_a_positive_median_with_its_spread():
     assert ms.to_dict() == {"median_ms": ms.median_ms, "iqr_ms": ms.iqr_ms, "runs": ms.runs,
                             "number_per_run": ms.number_per_run}
     assert json.loads(json.dumps({"latency": ms})) == {"latency": ms.median_ms}  # a record stores the median
+    again = pickle.loads(pickle.dumps(ms))
+    assert again == ms and again.to_dict() == ms.to_dict()
 
 
 def test_tiny_cnn_learns_cifar10_mini_above_chance(cifar10_mini):
