@@ -71,6 +71,8 @@ def prepare_features(study: Study, expansion: Expansion, teacher: str | None, ba
             return False
         return existing is not None and existing.attrs["meta"].get("key") == key
 
+    if current():
+        log.info(f"features: {len(pairs)} pairs, unchanged inputs → {path}")
     while not current():  # one runner computes them; others on the same folder wait
         claim = try_claim(Path(results_dir) / "claims", "features", stale_after=study.run.stale_after)
         if claim is None:

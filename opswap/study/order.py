@@ -123,5 +123,7 @@ def order_trials(study: Study, expansion: Expansion, results_dir: Path) -> list[
             sort = (1, k, n, -width if not math.isnan(width) else 0.0, i)
         keyed.append((sort, i, t))
     ordered = [t for _, _, t in sorted(keyed, key=lambda x: (x[0], x[1]))]
-    log.info(f"order {order}: " + ", ".join(t.label for t in ordered[:5]) + (" …" if len(ordered) > 5 else ""))
+    first = _pending(study, ordered, root)
+    log.info(f"order {order}: " + (", ".join(t.label for t in first[:5]) + (" …" if len(first) > 5 else "")
+                                   if first else "nothing pending"))
     return ordered
