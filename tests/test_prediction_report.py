@@ -64,8 +64,11 @@ def test_noise_ceiling_numbers(frame, blocks):
     assert row["minimal detectable Δ (80 % power)"] == f"{expected['mdd']:.2f}"
     assert row["seeds for a 0.5-point Δ"] == str(crossval.seeds_needed(std, 0.5))
     assert row["ceiling ρ (√reliability)"].startswith(f"{expected['reliability'].ceiling:.2f} [")
-    (judged,) = [b.content for b in blocks if b.kind == "text" and b.content.startswith("Against the noise ceiling")]
-    assert "of the ceiling" in judged and "minimal detectable Δ" in judged
+    floor = (2 / 3.141592653589793) ** 0.5 * std / 3 ** 0.5
+    assert row["MAE of a perfect predictor"] == f"{floor:.2f}"
+    (judged,) = [b.content for b in blocks if b.kind == "text" and b.content.startswith("Against the noise")]
+    assert "the ceiling for 3-seed means is ρ ≈" in judged and "minimal detectable Δ" in judged
+    assert f"a perfect predictor would err by about {floor:.2f} points" in judged
 
 
 def test_too_few_positions_are_explained(tmp_path):

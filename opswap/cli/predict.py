@@ -67,5 +67,6 @@ def main(args: argparse.Namespace) -> int:
         for note in notes + f.notes:
             print(f"  note: {note}", file=sys.stderr)
         print()
+        rows = [{k: f"{v:.2f}" if isinstance(v, float) else v for k, v in r.items()} for r in rows]
     print(render(rows, args.format))
     return 0

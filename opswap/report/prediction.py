@@ -68,8 +68,11 @@ def noise_ceiling(seeds: pd.DataFrame, reference_n: int, *, metric: str = "test_
     if np.isfinite(std) and std > 0 and n + max(reference_n, 1) >= 3:
         mdd = crossval.minimal_detectable_delta(std, n, n_ref=max(reference_n, 1))
         needed = crossval.seeds_needed(std, 0.5)
+    # A perfect predictor still errs by the noise of the cell means it is scored against:
+    # E|e| = σ·√(2/π) for e ~ N(0, σ²), σ = std/√n (the reference's noise is common to all cells).
+    floor = math.sqrt(2 / math.pi) * std / math.sqrt(n) if np.isfinite(std) and n else math.nan
     return {"reliability": rel, "std": std, "n_seeds": n, "n_reference": reference_n, "mdd": mdd,
-            "seeds_for_half_point": needed}
+            "seeds_for_half_point": needed, "mae_floor": floor}
 
 
 def _ceiling_row(title: str, c: dict[str, Any]) -> dict[str, str]:
@@ -80,6 +83,7 @@ def _ceiling_row(title: str, c: dict[str, Any]) -> dict[str, str]:
             "reliability of the mean (Spearman–Brown)": _interval(r.spearman_brown, r.low, r.high),
             "ceiling ρ (√reliability)": _interval(r.ceiling, r.ceiling_low, r.ceiling_high),
             "seed std (points)": _fmt(c["std"]),
+            "MAE of a perfect predictor": _fmt(c["mae_floor"]),
             "minimal detectable Δ (80 % power)": _fmt(c["mdd"]),
             "seeds for a 0.5-point Δ": "—" if not np.isfinite(c["seeds_for_half_point"])
             else str(int(c["seeds_for_half_point"]))}
@@ -108,7 +112,7 @@ def _cv_table(cv: crossval.CrossValidation, correction: str, ceiling: float) -> 
 
 
 def _judgement(cv: crossval.CrossValidation, ceiling: dict[str, Any]) -> str:
-    """The best predictor's ρ under leave-one-position-out CV against the seed-to-seed ceiling."""
+    """The best predictor under leave-one-position-out CV against the seed-to-seed ceiling and noise floor."""
     r = ceiling["reliability"]
     table = cv.table[(cv.table["scheme"] == "position") & cv.table["mae"].notna()]
     models = table[table["kind"] != "baseline"]
@@ -118,21 +122,28 @@ def _judgement(cv: crossval.CrossValidation, ceiling: dict[str, Any]) -> str:
     if not np.isfinite(r.ceiling):
         return ("No noise ceiling: it needs at least 3 cells with 2 or more seeds, so the predictors cannot be "
                 "judged against seed noise yet.")
-    rho = best["rho"]
-    if not np.isfinite(rho):
-        return f"The best predictor's predictions are constant; the noise ceiling is ρ ≈ {r.ceiling:.2f}."
-    share = rho / r.ceiling if r.ceiling > 0 else math.nan
-    where = ("within the ceiling's interval: with these seeds no predictor could show a clearly higher ρ"
-             if np.isfinite(r.ceiling_low) and rho >= r.ceiling_low else
-             "below the ceiling's interval: the cells' ranking is more reproducible than this predictor")
-    return (f"Against the noise ceiling: the best predictor's ρ = {rho:.2f} is {share:.0%} of the ceiling "
-            f"ρ ≈ {r.ceiling:.2f} (seeds agree with each other at ρ = {r.pairwise:.2f} for one seed) — {where}. "
-            f"A single cell's Δ is resolved to about ±{ceiling['mdd']:.2f} points (the minimal detectable Δ at "
-            f"80 % power, α = 0.05, {ceiling['n_seeds']} seeds per cell against {ceiling['n_reference']} "
-            f"reference seeds); a predictor's MAE below that is not distinguishable from perfect."
-            if np.isfinite(ceiling["mdd"]) else
-            f"Against the noise ceiling: the best predictor's ρ = {rho:.2f} is {share:.0%} of the ceiling "
-            f"ρ ≈ {r.ceiling:.2f} — {where}.")
+    rho, mae = best["rho"], best["mae"]
+    words = [f"Against the noise: seeds agree on the cells' ranking at ρ = {r.pairwise:.2f} (two single seeds), "
+             f"so the ceiling for {ceiling['n_seeds']}-seed means is ρ ≈ {r.ceiling:.2f} "
+             f"[{r.ceiling_low:.2f}, {r.ceiling_high:.2f}]."]
+    if np.isfinite(rho):
+        if np.isfinite(r.ceiling_low) and r.ceiling_low > 0 and rho < r.ceiling_low:
+            words.append(f"The best predictor's ρ = {rho:.2f} is below that interval: the ranking of the cells is "
+                         "more reproducible than this predictor, so a better one could show it.")
+        else:
+            share = f" ({rho / r.ceiling:.0%} of the ceiling's point estimate)" if r.ceiling > 0 else ""
+            words.append(f"The best predictor's ρ = {rho:.2f}{share} is within what seed noise allows: it cannot "
+                         "be told from a perfect predictor, nor, when the interval reaches 0, from none.")
+    floor = ceiling["mae_floor"]
+    if np.isfinite(floor):
+        where = "at the noise floor" if mae <= 1.2 * floor else f"{mae / floor:.1f}× the noise floor"
+        words.append(f"Its MAE {mae:.2f} is {where}: a perfect predictor would err by about {floor:.2f} points "
+                     f"against means of {ceiling['n_seeds']} seeds with std {ceiling['std']:.2f}.")
+    if np.isfinite(ceiling["mdd"]):
+        words.append(f"One cell's Δ is resolved only to ±{ceiling['mdd']:.2f} points (minimal detectable Δ, 80 % "
+                     f"power, α = 0.05, {ceiling['n_seeds']} against {ceiling['n_reference']} reference seeds); "
+                     f"a 0.5-point difference needs {int(ceiling['seeds_for_half_point'])} seeds per arm.")
+    return " ".join(words)
 
 
 def _features_table(features: pd.DataFrame | None, used: list[str]) -> Block | None:
@@ -198,7 +209,8 @@ def predictability_section(frame: pd.DataFrame, features: pd.DataFrame | None = 
                               f"predictors of each scheme; {len(used)} cheap features, position and op family.)"))
         body = [Block("table", _cv_table(cv, correction, rel.ceiling),
                       f"{title}: out-of-fold error of Δ (points) — the {SHOWN} best predictors of each scheme by "
-                      f"MAE and the naive baselines ({m} predictors tried per scheme)")]
+                      f"MAE and the naive baselines ({m} predictors tried per scheme); ρ / ceiling above 1 means the "
+                      "ceiling itself is uncertain (see the noise-ceiling table)")]
         bests = {s: _best(cv, s) for s in schemes}
         body.append(Block("figure", figures.predicted_vs_measured(cv.predictions, bests, title=title),
                           f"{title}: out-of-fold predicted against measured Δ, the best predictor of each "
