@@ -59,7 +59,7 @@ def test_position_rank_correlation_and_params_match_scipy(frame):
     assert tau > 0.5
 
 
-def test_op_family_uses_kruskal_wallis_with_eta_squared(frame):
+def test_op_family_uses_kruskal_wallis_with_epsilon_squared(frame):
     table = predictability(frame, n_boot=0)
     row = table[(table.predictor == "op_family") & (table.method == "kruskal")].iloc[0]
     cells = points(frame)
@@ -67,7 +67,8 @@ def test_op_family_uses_kruskal_wallis_with_eta_squared(frame):
     h, p = stats.kruskal(*groups)
     assert row.statistic == pytest.approx(h) and row.p_value == pytest.approx(p)
     n, k = len(cells), len(groups)
-    assert row.note == f"{k} groups; eta² = {(h - k + 1) / (n - k):.3f}"
+    assert row.note == f"{k} groups; ε² = {h / (n - 1):.3f}"  # never negative, unlike η² = (H − k + 1)/(n − k)
+    assert 0 <= h / (n - 1) <= 1
 
 
 def test_delta_target_and_too_few_points(tmp_path, frame):

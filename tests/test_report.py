@@ -33,7 +33,8 @@ def test_report_goes_to_reports_root_slash_study(partial):
 
 def test_html_has_the_expected_cells_and_marks(partial):
     _, html, _ = partial
-    assert '<td class="best">95.00 ± 0.50 (3)* ▲</td>' in html
+    assert "<td>95.00 ± 0.50 (3)*</td>" in html and "▲</td>" not in html  # best, not told from 93.00 (p = 0.055)
+    assert "position 1: conv_bn_e2 and mbconv_e6_k3 tied within noise (Welch p = 0.055)" in html
     assert "<td>93.00 ± 1.00 (3)*</td>" in html
     assert '<td class="missing">— (1 failed)</td>' in html
     assert "<td>96.20 ± 0.20 (3)</td>" in html
@@ -65,8 +66,8 @@ def test_html_is_self_contained_with_embedded_png_figures(partial):
 
 def test_markdown_has_tables_and_figure_files(partial):
     index, _, markdown = partial
-    assert "| 1 |  | 93.00 ± 1.00 (3)* | 95.00 ± 0.50 (3)* ▲ | — (1 failed) |" in markdown
-    assert "| 3 |  | 96.20 ± 0.14 (2) | 96.50 (1)° ▲ | — |" in markdown
+    assert "| 1 |  | 93.00 ± 1.00 (3)* | 95.00 ± 0.50 (3)* | — (1 failed) |" in markdown
+    assert "| 3 |  | 96.20 ± 0.14 (2) | 96.50 (1)° | — |" in markdown
     for target in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown):
         assert (index.parent / target).is_file()
     assert "- 18 trial records: 1 failed, 17 ok" in markdown
@@ -101,7 +102,8 @@ def test_methods_study_gets_the_method_comparison(tmp_path):
     html = index.read_text()
     assert "<h2>Method comparison</h2>" in html and "<h2>Sparsity</h2>" in html
     assert "<th>methods</th>" in html and "<td>40.00 (1)</td>" in html  # no baseline: no test
-    assert '<td class="best">76.00 ± 1.41 (2) ▲</td>' in html
+    assert "<td>76.00 ± 1.41 (2)</td>" in html  # ahead of dense, but Welch p = 0.07: no ▲
+    assert "methods: tf-cnn DSR 0.9 and tf-cnn dense tied within noise (Welch p = 0.069)" in html
 
 
 def test_cli_writes_the_report_from_a_results_dir_or_a_study_file(tmp_path, capsys):

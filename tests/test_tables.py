@@ -47,19 +47,52 @@ def test_paper_table_cells_marks_and_layout(frame):
     assert list(table.columns) == ["baseline", "mbconv_e6_k3", "conv_bn_e2", "resnet_e2"]
     assert table.loc["baseline", "baseline"] == "96.20 ± 0.20 (3)"
     assert table.loc["1", "mbconv_e6_k3"] == "93.00 ± 1.00 (3)*"         # p = 0.027
-    assert table.loc["1", "conv_bn_e2"] == "95.00 ± 0.50 (3)* ▲"         # best at position 1
+    assert table.loc["1", "conv_bn_e2"] == "95.00 ± 0.50 (3)*"           # best, but Welch p = 0.055
     assert table.loc["3", "mbconv_e6_k3"] == "96.20 ± 0.14 (2)"          # p = 1: no mark
-    assert table.loc["3", "conv_bn_e2"] == "96.50 (1)° ▲"                # n = 1: not testable
+    assert table.loc["3", "conv_bn_e2"] == "96.50 (1)°"                  # n = 1: not testable, no ▲
     assert table.loc["1", "resnet_e2"] == "— (1 failed)"
     assert table.loc["3", "resnet_e2"] == "—"
     assert table.loc["1", "baseline"] == "" and table.loc["baseline", "conv_bn_e2"] == ""
 
 
-def test_tied_best_candidates_are_both_marked(tmp_path):
-    records = [make_record(test_acc=90.0, op=op, position=2) for op in ("conv_bn_e1", "conv_bn_e2")]
-    records.append(make_record(test_acc=89.0, op="resnet_e2", position=2))
-    table = tables.paper_tables(load_results(write_records(tmp_path / "t", records)))[3]
-    assert table.loc["2"].tolist() == ["90.00 (1) ▲", "90.00 (1) ▲", "89.00 (1)"]
+def test_tied_best_candidates_are_not_marked(tmp_path):
+    records = [make_record(test_acc=90.0 + 0.1 * s, op=op, position=2, seed=s)
+               for op in ("conv_bn_e1", "conv_bn_e2") for s in range(3)]
+    records += [make_record(test_acc=89.0 + 0.1 * s, op="resnet_e2", position=2, seed=s) for s in range(3)]
+    frame = load_results(write_records(tmp_path / "t", records))
+    table = tables.paper_tables(frame)[3]
+    assert table.loc["2"].tolist() == ["90.10 ± 0.10 (3)", "90.10 ± 0.10 (3)", "89.10 ± 0.10 (3)"]
+    (line,) = tables.best_sentences(tables.summary(frame))
+    assert line.startswith("position 2: ") and "tied within noise" in line
+
+
+def test_best_is_marked_only_when_distinguishable_from_the_runner_up(tmp_path):
+    records = [make_record(test_acc=a, op="conv_bn_e1", position=2, seed=s) for s, a in enumerate([90.0, 90.2, 90.1])]
+    records += [make_record(test_acc=a, op="conv_bn_e2", position=2, seed=s) for s, a in enumerate([85.0, 85.3, 85.1])]
+    records += [make_record(test_acc=a, op="resnet_e2", position=3, seed=s) for s, a in enumerate([80.0, 83.0, 81.0])]
+    records += [make_record(test_acc=a, op="conv_bn_e2", position=3, seed=s) for s, a in enumerate([81.5, 79.0, 80.0])]
+    frame = load_results(write_records(tmp_path / "d", records))
+    table = tables.paper_tables(frame)[3]
+    assert table.loc["2", "conv_bn_e1"] == "90.10 ± 0.10 (3) ▲"
+    assert tables.BEST not in table.loc["3"].str.cat()  # means differ, seeds overlap: no mark
+    long = tables.summary(frame)
+    p = stats.ttest_ind([90.0, 90.2, 90.1], [85.0, 85.3, 85.1], equal_var=False).pvalue
+    assert long[long.best].candidate.tolist() == ["conv_bn_e1"]
+    lines = tables.best_sentences(long)
+    assert lines == [f"position 2: best conv_bn_e1 ▲, ahead of conv_bn_e2 (Welch p = {p:.2g})",
+                     lines[1]] and "tied within noise" in lines[1]
+    assert "distinguishable from the runner-up" in tables.LEGEND
+
+
+def test_significance_sentence_says_when_no_cell_differs(frame):
+    long = tables.summary(frame)
+    three = long[long.epochs == 3]
+    assert tables.significance_sentence(three) == ("2 of 3 tested cells differ from the baseline at p < 0.05 "
+                                                   "(Welch's t-test, uncorrected); 0 after Holm's correction over "
+                                                   "the 3 cells; 1 cell not testable (n < 2 on a side).")
+    none = three[three.candidate != "mbconv_e6_k3"].copy()
+    none.loc[none.candidate == "conv_bn_e2", "p_value"] = 0.5
+    assert tables.significance_sentence(none).startswith("No cell differs significantly from the baseline")
 
 
 def test_pairs_the_model_cannot_take_are_left_empty(frame):
@@ -103,11 +136,20 @@ def test_sparse_variants_are_separate_candidates_compared_with_the_dense_baselin
     frame = load_results(write_records(tmp_path / "p", records))
     table = tables.paper_tables(frame)[3]
     assert list(table.columns) == ["baseline", "baseline · dsr 0.9"]
-    assert table.loc["baseline", "baseline · dsr 0.9"].startswith("76.00 ± 1.41 (2)")
-    assert table.loc["baseline", "baseline · dsr 0.9"].endswith("▲")
+    assert table.loc["baseline", "baseline · dsr 0.9"] == "76.00 ± 1.41 (2)"  # vs dense: Welch p = 0.07, no ▲
     complexity = tables.complexity_table(frame).set_index("candidate")
     assert complexity.loc["baseline · dsr 0.9", "csr_bytes"] == 80_000
     assert tables.format_complexity(tables.complexity_table(frame))["csr_bytes"].tolist() == ["—", "80 kB"]
+
+
+def test_complexity_table_shows_the_latency_spread(tmp_path):
+    records = [make_record(test_acc=90.0, seed=s, latency_ms_b1=ms) for s, ms in enumerate([1.0, 1.5, 4.0])]
+    records.append(make_record(test_acc=90.0, op="conv_bn_e1", position=2, latency_ms_b1=2.0))
+    table = tables.complexity_table(load_results(write_records(tmp_path / "l", records))).set_index("candidate")
+    assert table.loc["baseline", ["latency_ms_b1", "latency_ms_b1_min", "latency_ms_b1_max", "latency_n"]].tolist() \
+        == [1.5, 1.0, 4.0, 3]
+    text = tables.format_complexity(table.reset_index()).set_index("candidate")["latency_ms_b1"]
+    assert text["baseline"] == "1.50 ms (1.00–4.00, n=3)" and text["conv_bn_e1"] == "2.00 ms"
 
 
 def test_method_table_scores_are_relative_to_the_best(tmp_path):
@@ -131,7 +173,8 @@ def test_markdown_and_html_rendering(frame):
     table = tables.paper_tables(frame)[3]
     markdown = tables.to_markdown(table)
     assert markdown.splitlines()[0] == "| position | baseline | mbconv_e6_k3 | conv_bn_e2 | resnet_e2 |"
-    assert "| 1 |  | 93.00 ± 1.00 (3)* | 95.00 ± 0.50 (3)* ▲ | — (1 failed) |" in markdown
+    assert "| 1 |  | 93.00 ± 1.00 (3)* | 95.00 ± 0.50 (3)* | — (1 failed) |" in markdown
+    table.loc["1", "conv_bn_e2"] += f" {tables.BEST}"  # as if it were told from the runner-up
     html = tables.to_html(table, caption="25 <epochs>")
     assert '<td class="best">95.00 ± 0.50 (3)* ▲</td>' in html
     assert '<td class="missing">— (1 failed)</td>' in html

@@ -48,11 +48,11 @@ from sklearn.model_selection import LeaveOneGroupOut
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-__all__ = ["SCHEMES", "BASELINES", "CrossValidation", "Reliability", "Best", "folds", "default_predictors",
+__all__ = ["SCHEMES", "BASELINES", "CrossValidation", "Reliability", "Best", "folds", "default_predictors", "predictor",
            "cross_validate", "adjust_pvalues", "verdict", "log_columns", "reliability",
            "minimal_detectable_delta", "seeds_needed", "best_distinguishable"]
 
-SCHEMES = {"position": "position", "op": "op", "family": "op_family"}  # scheme → held-out column
+SCHEMES = {"position": "position", "op": "op", "family": "op_family", "cell": "cell"}  # scheme → held-out column
 BASELINES = ("global_mean", "family_mean", "position_mean", "additive")  # simplest first: wins ties
 _LABELS = {"ridge": "ridge (all features)", "forest": "random forest (all features)",
            "family_mean": "op-family mean", "position_mean": "position mean",
@@ -146,6 +146,11 @@ def _baseline(kind: str) -> Callable:
 def default_predictors(features: Sequence[str]) -> list[str]:
     """`linear:<f>` and `isotonic:<f>` per feature, `ridge`, `forest`, then the baselines."""
     return [f"{k}:{f}" for f in features for k in ("linear", "isotonic")] + ["ridge", "forest", *BASELINES]
+
+
+def predictor(name: str, features: Sequence[str]) -> Callable:
+    """The fit-and-predict function `(train, test, seed) -> (predicted, imputed)` of a predictor name."""
+    return _resolve(name, features)[3]
 
 
 def _resolve(name: str, features: Sequence[str]) -> tuple[str, str | None, str, Callable]:
@@ -257,6 +262,7 @@ def _check_frame(frame: pd.DataFrame, features: Sequence[str], target: str) -> p
     for column in features:
         data[column] = pd.to_numeric(data[column], errors="coerce").astype(float)
     data["delta"] = data[target].astype(float)
+    data["cell"] = data["position"].astype(str) + ":" + data["op"].astype(str)
     if "n" not in data:
         data["n"] = np.nan
     return data.reset_index(drop=True)
@@ -330,7 +336,7 @@ def log_columns(frame: pd.DataFrame, columns: Sequence[str], prefix: str = "log_
 
 def _scheme_words(scheme: str) -> str:
     return {"position": "leave-one-position-out", "op": "leave-one-op-out",
-            "family": "leave-one-family-out"}.get(scheme, f"leave-one-{scheme}-out")
+            "family": "leave-one-family-out", "cell": "leave-one-cell-out"}.get(scheme, f"leave-one-{scheme}-out")
 
 
 def verdict(cv_table: pd.DataFrame, ceiling: Any = None, *, scheme: str = "position",

@@ -17,10 +17,10 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import EngFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from opswap.analysis.predict import NUMERIC_PREDICTORS, points, predictability
-from opswap.analysis.tables import labelled, method_table, sort_key, summary
+from opswap.analysis.tables import FAMILY_ORDER, labelled, method_table, sort_key, summary
 
 CURVES = [("train_acc", "train accuracy (%)"), ("test_acc", "test accuracy (%)"),
           ("train_loss", "train loss"), ("test_loss", "test loss")]
@@ -102,9 +102,35 @@ def learning_curves(history: pd.DataFrame, *, title: str | None = None) -> Figur
     return figure
 
 
+COUNT_PREDICTORS = ("params", "macs", "op_params_count", "op_macs")
+
+
+def _count_axis(ax, values: pd.Series) -> None:
+    """Counts as 12k / 1.5M with few ticks (long integers overlap); log scale over > 20×."""
+    low, high = values.min(), values.max()
+    if low > 0 and high / low > 20:
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(numticks=4))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=4))
+    ax.xaxis.set_major_formatter(EngFormatter(sep=""))
+
+
+def _integer_axis(ax, values: pd.Series) -> None:
+    """Positions are categories with an order: a tick at each position present, integer labels."""
+    ticks = sorted({int(v) for v in values.dropna()})
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.set_xlim(ticks[0] - 0.5, ticks[-1] + 0.5)
+
+
 def predictor_scatter(frame: pd.DataFrame, target: str = "test_acc", *,
                       level: str = "cell") -> Figure:
-    """Target against each available predictor, coloured by op family, ρ and p in the title."""
+    """Target against each available predictor, coloured by op family, ρ and p in the title.
+
+    One legend for all panels (beside them); counts get short engineering labels, position
+    integer ticks.
+    """
     data = points(frame, target, level=level)
     predictors = [p for p in NUMERIC_PREDICTORS if p in data and data[p].notna().sum() >= 2
                   and data[p].nunique() > 1]
@@ -113,25 +139,32 @@ def predictor_scatter(frame: pd.DataFrame, target: str = "test_acc", *,
     table = predictability(frame, target, level=level, n_boot=0)
     columns = min(3, len(predictors))
     rows = math.ceil(len(predictors) / columns)
-    figure = Figure(figsize=(4.2 * columns, 3.4 * rows), layout="constrained")
+    figure = Figure(figsize=(4.2 * columns + 1.6, 3.4 * rows), layout="constrained")
     axes = np.atleast_1d(figure.subplots(rows, columns, squeeze=False)).ravel()
     data = data.assign(epochs=data["epochs"].astype(str) + " ep")
+    families = [f for f in FAMILY_ORDER if f in set(data["op_family"])] + \
+        sorted(set(data["op_family"]) - set(FAMILY_ORDER))
+    handles, labels = [], []
     for ax, predictor in zip(axes, predictors):
-        sns.scatterplot(data=data, x=predictor, y=target, hue="op_family", style="epochs",
+        sns.scatterplot(data=data, x=predictor, y=target, hue="op_family", hue_order=families, style="epochs",
                         ax=ax, legend=ax is axes[0], s=40)
         rho = table[(table["predictor"] == predictor) & (table["method"] == "spearman")]
         parts = [f"{r.epochs} ep: ρ={r.statistic:.2f} (p{_p_text(r.p_value)}, n={r.n})"
                  for r in rho.itertuples()
                  if not math.isnan(r.statistic)]
         ax.set_title("; ".join(parts) or "ρ: n/a", fontsize=8)
-        low, high = data[predictor].min(), data[predictor].max()
-        if predictor in ("params", "macs", "op_params_count", "op_macs") and low > 0 \
-                and high / low > 20:
-            ax.set_xscale("log")
+        if predictor in COUNT_PREDICTORS:
+            _count_axis(ax, data[predictor])
+        elif predictor == "position":
+            _integer_axis(ax, data[predictor])
+        if ax.get_legend() is not None:
+            handles, labels = ax.get_legend_handles_labels()
+            ax.get_legend().remove()
     for ax in axes[len(predictors):]:
         ax.set_visible(False)
-    if axes[0].get_legend() is not None:
-        sns.move_legend(axes[0], "best", fontsize=7)
+    if handles:
+        labels = [{"op_family": "op family", "epochs": "budget"}.get(t, t) for t in labels]
+        figure.legend(handles, labels, loc="outside right upper", fontsize=8, frameon=False)
     return figure
 
 
@@ -195,3 +228,40 @@ def save_png(figure: Figure, path: str | Path, dpi: int = 110) -> Path:
     path = Path(path)
     path.write_bytes(png_bytes(figure, dpi))
     return path
+
+
+def predicted_vs_measured(predictions: pd.DataFrame, best: dict[str, str], *, title: str = "") -> Figure:
+    """Out-of-fold predicted against measured Δ, one panel per CV scheme (its best predictor)."""
+    panels = [(scheme, name) for scheme, name in best.items()
+              if ((predictions["scheme"] == scheme) & (predictions["predictor"] == name)).any()]
+    if not panels:
+        return _empty("no cross-validated predictions")
+    figure = Figure(figsize=(4.4 * len(panels) + 1.6, 4.0), layout="constrained")
+    axes = np.atleast_1d(figure.subplots(1, len(panels), squeeze=False)[0])
+    words = {"position": "leave-one-position-out", "op": "leave-one-op-out", "cell": "leave-one-cell-out",
+             "family": "leave-one-family-out"}
+    families = [f for f in FAMILY_ORDER if f in set(predictions["op_family"])] + \
+        sorted(set(predictions["op_family"]) - set(FAMILY_ORDER))
+    handles, labels = [], []
+    for ax, (scheme, name) in zip(axes, panels):
+        part = predictions[(predictions["scheme"] == scheme) & (predictions["predictor"] == name)]
+        part = part.assign(position=part["position"].astype(int).astype(str))
+        sns.scatterplot(data=part, x="delta", y="predicted", hue="op_family", hue_order=families,
+                        style="position", s=50, ax=ax, legend=ax is axes[0])
+        values = np.concatenate([part["delta"].to_numpy(float), part["predicted"].to_numpy(float)])
+        values = values[np.isfinite(values)]
+        low, high = (values.min(), values.max()) if len(values) else (-1.0, 1.0)
+        pad = 0.05 * (high - low or 1.0)
+        ax.plot([low - pad, high + pad], [low - pad, high + pad], ls="--", lw=1, color="#777777")
+        ax.set(xlim=(low - pad, high + pad), ylim=(low - pad, high + pad), xlabel="measured Δ (points)",
+               ylabel="predicted Δ (points, out of fold)")
+        ax.set_title(f"{words.get(scheme, scheme)}: {name}", fontsize=8)
+        if ax.get_legend() is not None:
+            handles, labels = ax.get_legend_handles_labels()
+            ax.get_legend().remove()
+    if handles:
+        labels = [{"op_family": "op family"}.get(t, t) for t in labels]
+        figure.legend(handles, labels, loc="outside right upper", fontsize=8, frameon=False)
+    if title:
+        figure.suptitle(title, fontsize=10)
+    return figure

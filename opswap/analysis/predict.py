@@ -5,7 +5,8 @@ be predicted from the kind of op and its position. Answered per epoch budget: Sp
 Kendall's τ (scipy.stats) with p-values and percentile-bootstrap 95 % intervals between the
 target (final accuracy, or Δ vs the baseline mean) and each numeric predictor — distillation
 loss and replace-1 accuracy from the LANA-style initialisation, params, MACs, position — and
-Kruskal–Wallis H with η² = (H − k + 1)/(n − k) for the categorical op family. Unit of analysis:
+Kruskal–Wallis H with ε² = H/(n − 1) (Tomczak & Tomczak 2014; always in [0, 1], unlike the
+η² = (H − k + 1)/(n − k) estimate, which is negative when H < k − 1) for the categorical op family. Unit of analysis:
 one point per (position, candidate) cell, the mean over its seeds (`level="cell"`), or one per
 trial (`level="trial"`, seeds are then not independent draws of the predictor).
 """
@@ -106,9 +107,9 @@ def _group_rows(groups: pd.Series, y: pd.Series) -> list[dict]:
         return [dict(method="kruskal", statistic=math.nan, p_value=math.nan, ci_low=math.nan,
                      ci_high=math.nan, n=n, note=note)]
     h, p = stats.kruskal(*samples)
-    eta2 = (h - k + 1) / (n - k)
+    epsilon2 = h / (n - 1)  # = H / ((n² − 1)/(n + 1)): rank epsilon-squared, never negative
     return [dict(method="kruskal", statistic=float(h), p_value=float(p), ci_low=math.nan,
-                 ci_high=math.nan, n=n, note=f"{k} groups; eta² = {eta2:.3f}")]
+                 ci_high=math.nan, n=n, note=f"{k} groups; ε² = {epsilon2:.3f}")]
 
 
 def predictability(frame: pd.DataFrame, target: str = "test_acc", *, delta: bool = False,

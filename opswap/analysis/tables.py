@@ -1,8 +1,8 @@
 """The papers' tables, measured: position × candidate, mean ± std over seeds with n.
 
 Layout of Tables 2–3 of the operation-substitution study (seeds/operation-substitution-wrn):
-one table per epoch budget, the baseline as its own row, best candidate per position marked,
-and each cell tested against the baseline with Welch's t-test (scipy.stats.ttest_ind,
+one table per epoch budget, the baseline as its own row, the best candidate per position marked
+only when Welch's t-test tells it from the runner-up, and each cell tested against the baseline with Welch's t-test (scipy.stats.ttest_ind,
 equal_var=False), which needs n ≥ 2 on both sides. Also a Δ-vs-baseline table, a complexity
 table and the seed-000 method comparison on measured criteria. Pure: pandas in, pandas out.
 """
@@ -21,7 +21,9 @@ from opswap.analysis.delta import reference_values
 MISSING = "—"
 BEST = "▲"
 NOT_TESTABLE = "°"
-LEGEND = (f"mean ± std (n) over seeds. {BEST} best at its position. Welch's t-test against the "
+LEGEND = (f"mean ± std (n) over seeds. {BEST} best at its position and distinguishable from the runner-up "
+          "(Welch's t-test, p < 0.05); when the top two are within noise nothing is marked and the line under "
+          "the table says \"tied within noise\". Welch's t-test against the "
           "baseline: * p < 0.05, ** p < 0.01, *** p < 0.001; "
           f"{NOT_TESTABLE} not testable (needs n ≥ 2 on both sides). {MISSING} no finished trial; "
           "empty: not part of the study (e.g. identity where the shape changes).")
@@ -113,6 +115,7 @@ def summary(frame: pd.DataFrame, metric: str = "test_acc", *,
     refs = reference_values(data, metric)
     out = []
     data["unit"] = np.where(data["row"] == "methods", "methods", data["model"].astype(str))
+    samples_of: dict[int, np.ndarray] = {}  # result row → its finished values (for the best mark)
     for epochs, group in data.groupby(data["epochs"].fillna(-1), sort=True):
         ok = group[(group["status"] == "ok") & group[metric].notna()]
         for model in group["unit"].unique():
@@ -132,6 +135,7 @@ def summary(frame: pd.DataFrame, metric: str = "test_acc", *,
                     p = float(test.pvalue)
                     if not math.isnan(p):
                         low, high = test.confidence_interval(0.95)
+                samples_of[len(out)] = values
                 out.append({
                     "epochs": None if epochs == -1 else int(epochs), "model": model,
                     "row": row, "candidate": candidate, "is_reference": is_reference,
@@ -146,14 +150,55 @@ def summary(frame: pd.DataFrame, metric: str = "test_acc", *,
                              else _marks(p),
                 })
     columns = ["epochs", "model", "row", "candidate", "is_reference", "n", "mean", "std",
-               "n_failed", "n_reference", "delta", "ci_low", "ci_high", "p_value", "marks", "best"]
-    result = pd.DataFrame(out, columns=columns[:-1])
-    result["best"] = False
-    for _, group in result[result["n"] > 0].groupby(["epochs", "row"], dropna=False):
-        if len(group) >= 2:
-            best = group["mean"].max() if higher_is_better else group["mean"].min()
-            result.loc[group.index[np.isclose(group["mean"], best)], "best"] = True  # ties share it
+               "n_failed", "n_reference", "delta", "ci_low", "ci_high", "p_value", "marks", "best",
+               "best_note"]
+    result = pd.DataFrame(out, columns=columns[:-2])
+    result["best"], result["best_note"] = False, ""
+    for _, group in result[result["n"] > 0].groupby(["epochs", "model", "row"], dropna=False):
+        if len(group) < 2:
+            continue
+        from opswap.analysis.crossval import best_distinguishable
+
+        samples = {i: samples_of[i] for i in group.index}
+        best = best_distinguishable(samples, higher_is_better=higher_is_better)
+        # ▲ only where the best is told apart from the runner-up (Welch); otherwise say why not.
+        result.loc[best.best, "best"] = best.distinguishable
+        name = result.loc[best.best, "candidate"]
+        runner = result.loc[best.runner_up, "candidate"] if best.runner_up is not None else ""
+        p = "" if math.isnan(best.p_value) else f" (Welch p = {best.p_value:.2g})"
+        result.loc[best.best, "best_note"] = (
+            f"best {name} {BEST}, ahead of {runner}{p}" if best.distinguishable else
+            f"{name} and {runner} tied within noise{p}" if best.label == "tied within noise" else
+            f"{name} ahead of {runner} by mean, {best.label} (n < 2 on a side): tied within noise")
     return result[columns]
+
+
+def best_sentences(long: pd.DataFrame) -> list[str]:
+    """Per row of one budget's `summary`: the best cell and whether it is told from the runner-up."""
+    lines = []
+    for row, group in long[long["best_note"] != ""].groupby("row", sort=False):
+        where = "baseline row" if row.endswith("baseline") else row if row == "methods" else f"position {row}"
+        lines.append(f"{where}: {group.iloc[0]['best_note']}")
+    return sorted(lines, key=lambda t: (not t.startswith("baseline"), t))
+
+
+def significance_sentence(long: pd.DataFrame, alpha: float = 0.05) -> str:
+    """One budget in words: how many cells differ from the baseline (Welch; raw and Holm over the cells)."""
+    from opswap.analysis.crossval import adjust_pvalues
+
+    tested = long[~long["is_reference"] & long["p_value"].notna()]
+    untestable = int((~long["is_reference"] & (long["n"] > 0) & long["p_value"].isna()).sum())
+    tail = f"; {untestable} cell{'s' if untestable != 1 else ''} not testable (n < 2 on a side)" if untestable else ""
+    if tested.empty:
+        return "No cell could be tested against the baseline (each test needs n ≥ 2 on both sides)" + tail + "."
+    raw = int((tested["p_value"] < alpha).sum())
+    holm = int((adjust_pvalues(tested["p_value"].to_numpy(), "holm") < alpha).sum())
+    m = len(tested)
+    if raw == 0:
+        return (f"No cell differs significantly from the baseline (Welch's t-test, p < {alpha:g}, "
+                f"{m} cell{'s' if m != 1 else ''} tested){tail}.")
+    return (f"{raw} of {m} tested cells differ from the baseline at p < {alpha:g} (Welch's t-test, uncorrected); "
+            f"{holm} after Holm's correction over the {m} cells{tail}.")
 
 
 def _cell(entry: pd.Series, digits: int) -> str:
@@ -238,12 +283,21 @@ COMPLEXITY_COLUMNS = ["params", "macs", "op_params_count", "op_macs", "latency_m
 
 
 def complexity_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per (row, candidate): the median of params, MACs, latency, sparsity and storage bytes."""
+    """Per (row, candidate): the median of params, MACs, latency, sparsity and storage bytes.
+
+    Latency is a noisy measurement: `latency_ms_b1_min`, `latency_ms_b1_max` and `latency_n` give
+    its spread over the trials.
+    """
     data = labelled(frame)
     data = data[data["status"] == "ok"]
     columns = [c for c in COMPLEXITY_COLUMNS if c in data]
-    table = (data.groupby(["row", "candidate"])[columns]
-             .agg(lambda s: s.dropna().median() if s.notna().any() else math.nan))
+    groups = data.groupby(["row", "candidate"])
+    table = groups[columns].agg(lambda s: s.dropna().median() if s.notna().any() else math.nan)
+    if "latency_ms_b1" in data:
+        latency = pd.to_numeric(data["latency_ms_b1"], errors="coerce").groupby([data["row"], data["candidate"]])
+        table["latency_ms_b1_min"] = latency.min()
+        table["latency_ms_b1_max"] = latency.max()
+        table["latency_n"] = latency.count()
     order = sorted(table.index, key=lambda rc: (_row_key(rc[0]), sort_key(rc[1])))
     return table.loc[order].reset_index().rename(columns={"row": "position"})
 
@@ -269,6 +323,12 @@ def format_complexity(table: pd.DataFrame) -> pd.DataFrame:
     for column, fmt in formats.items():
         if column in out:
             out[column] = [MISSING if pd.isna(v) else fmt(v) for v in table[column]]
+    if {"latency_ms_b1", "latency_ms_b1_min", "latency_ms_b1_max", "latency_n"} <= set(table.columns):
+        out["latency_ms_b1"] = [
+            MISSING if pd.isna(m) else f"{m:.2f} ms" if n < 2 else f"{m:.2f} ms ({lo:.2f}–{hi:.2f}, n={int(n)})"
+            for m, lo, hi, n in zip(table["latency_ms_b1"], table["latency_ms_b1_min"], table["latency_ms_b1_max"],
+                                    table["latency_n"])]
+        out = out.drop(columns=["latency_ms_b1_min", "latency_ms_b1_max", "latency_n"])
     return out
 
 

@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("opswap.cli.run", "run a study (TOML file): all trials, resumable"),
     "status": ("opswap.cli.status", "show a study's progress: done / running / failed / pending"),
     "report": ("opswap.cli.report", "write a study's HTML and Markdown report"),
+    "predict": ("opswap.cli.predict", "predict Δ, with intervals, of a partial study's pending cells"),
 }
 
 

@@ -46,4 +46,4 @@ def report_context(study, results_dir: Path):
     return ReportContext(study=study.name, expected=frozenset(t.trial_id for t in expansion.trials),
                          skipped=frozenset((s.position, s.op) for s in expansion.skipped),
                          reference=study.reference, note="", study_file=str(path), study_text=text,
-                         overrides=study.overrides, teacher=teacher)
+                         overrides=study.overrides, teacher=teacher, correction=study.predict.correction)

@@ -21,6 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     parser.add_argument("--reports", default="reports", metavar="DIR", help="where the report goes")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--order", choices=("plan", "promising", "informative"),
+                        help="which pending trials run first (default: the study's [run] order): as planned, "
+                             "highest predicted Δ first, or least measured and most uncertain first")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -33,6 +36,7 @@ def main(args: argparse.Namespace) -> int:
         raise ValueError(f"--workers must be >= 1, got {args.workers}")
     extra = [("run.backend", args.backend)] if args.backend else []
     extra += [("run.address", args.address)] if args.address else []
+    extra += [("run.order", args.order)] if args.order else []
     study = load_study(args.study, list(args.overrides) + extra)
     root = Path(args.results) / study.name
     if args.dry_run:

@@ -7,6 +7,7 @@ import warnings
 from pathlib import Path
 
 from opswap.analysis import figures, tables
+from opswap.analysis.cells import read_features
 from opswap.analysis.results import export, load_history, load_results
 from opswap.atomic import write_bytes, write_text
 from opswap.report.sections import Block, ReportContext, sections
@@ -63,6 +64,18 @@ def _markdown(title: str, summary: list[str], sections: dict[str, list[Block]]) 
     return "\n".join(parts)
 
 
+def _beside(context: ReportContext, results_dir: Path) -> ReportContext:
+    """The features file and the teacher's record of the results folder, where the caller gave none."""
+    import dataclasses
+
+    if context.features is None:
+        context = dataclasses.replace(context, features=read_features(results_dir))
+    teacher = results_dir / "teacher"
+    if context.teacher is None and teacher.is_dir() and any(teacher.glob("*.json")):
+        context = dataclasses.replace(context, teacher=load_results(teacher))
+    return context
+
+
 def write_report(results_dir: str | Path, target: str | Path, context: ReportContext | None = None) -> Path:
     """Write index.html, README.md, the PNG figures and CSVs of a study's records into `target`.
 
@@ -75,6 +88,7 @@ def write_report(results_dir: str | Path, target: str | Path, context: ReportCon
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         frame, history = load_results(results_dir), load_history(results_dir)
+        context = _beside(context, results_dir)
     summary, parts = sections(frame, history, context, results_dir=results_dir)
     summary += list(dict.fromkeys(str(w.message) for w in caught
                                   if issubclass(w.category, UserWarning)))

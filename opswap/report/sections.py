@@ -22,6 +22,8 @@ import pandas as pd
 
 from opswap.analysis import figures, predict, tables
 from opswap.analysis.results import SETTING_COLUMNS
+from opswap.report.blocks import Block
+from opswap.report.prediction import predictability_section
 
 
 @dataclass(frozen=True)
@@ -37,16 +39,8 @@ class ReportContext:
     study_text: str | None = None
     overrides: tuple = ()
     teacher: pd.DataFrame | None = field(default=None, compare=False)  # the teacher's results row
-
-
-@dataclass(frozen=True)
-class Block:
-    """One piece of a section: text, preformatted text, a table or a figure."""
-
-    kind: str          # "text" | "pre" | "table" | "figure"
-    content: object
-    caption: str = ""
-    name: str = ""     # figure file stem
+    features: pd.DataFrame | None = field(default=None, compare=False)  # bank.features.parquet (analysis.cells)
+    correction: str = "holm"                       # [predict] correction over the many predictors
 
 
 def _settings_table(frame: pd.DataFrame) -> pd.DataFrame:
@@ -110,6 +104,8 @@ def sections(frame: pd.DataFrame, history: pd.DataFrame, context: ReportContext,
                                                   or "none yet")]
     summary.append(f"{len(expected - done)} of {len(expected)} expected trials pending"
                    if expected is not None else why)
+    if context.teacher is not None and len(context.teacher):
+        summary.append(_teacher_line(context.teacher))
     if expected is not None and done - expected:
         summary.append(f"{len(done - expected)} records are not trials of the study file as it "
                        "is now (its settings, or opswap's defaults, changed since they ran) and "
@@ -131,8 +127,13 @@ def sections(frame: pd.DataFrame, history: pd.DataFrame, context: ReportContext,
             sections["Settings"].append(Block("table", teacher[columns],
                                               "the teacher (trained once, not a compared trial)"))
     results = []
+    long = tables.summary(frame, reference=reference)
     for epochs, table in tables.paper_tables(frame, not_applicable=skipped, reference=reference).items():
         results.append(Block("table", table, f"test accuracy (%), {_budget(epochs)}"))
+        part = long[long["epochs"].isna()] if epochs is None else long[long["epochs"] == epochs]
+        words = [tables.significance_sentence(part)] if part["n_reference"].max() > 0 else []
+        words += tables.best_sentences(part)
+        results.append(Block("text", f"{_budget(epochs)}: " + " ".join(w.rstrip(".") + "." for w in words)))
     if results:
         results.append(Block("text", tables.LEGEND))
         for epochs, table in tables.delta_tables(frame, not_applicable=skipped, reference=reference).items():
@@ -145,18 +146,12 @@ def sections(frame: pd.DataFrame, history: pd.DataFrame, context: ReportContext,
             sections["Results"].append(Block("figure", heat, "test accuracy per position and "
                                              "candidate; colour = Δ vs baseline", "heatmap"))
         sections["Learning curves"] = _curves(history)
-        points = predict.points(frame)
-        if len(points):
-            stats = predict.format_predictability(predict.predictability(frame))
-            sections["Predictability"] = [
-                Block("text", "Is the accuracy after a swap predictable? Spearman ρ and Kendall τ "
-                      "(bootstrap 95 % interval) over (position, candidate) cells, seed means; "
-                      "Kruskal–Wallis H with η² for categorical predictors."),
-                Block("table", stats, "rank statistics of test accuracy against each predictor"),
-                Block("figure", figures.predictor_scatter(frame), "test accuracy against predictors",
-                      "predictors")]
+        if len(predict.points(frame)):
+            sections["Predictability"] = predictability_section(frame, context.features,
+                                                                correction=context.correction)
         sections["Complexity"] = [Block("table", tables.format_complexity(tables.complexity_table(frame)),
-                                        "median over trials: params, MACs, latency (batch 1), "
+                                        "median over trials: params, MACs, latency (batch 1; "
+                                        "median with min–max over the trials and their number), "
                                         "sparsity and storage")]
         sparse = (ok["prune"].fillna("none") != "none").any()
         methods = ("method" in ok and ok["method"].notna().any()) or (ok["kind"] == "traditional").any()
@@ -198,7 +193,19 @@ def sections(frame: pd.DataFrame, history: pd.DataFrame, context: ReportContext,
 
 def _budget(epochs) -> str:
     """`1 epoch`, `25 epochs`."""
+    if epochs is None:
+        return "no epoch budget"
     return f"{epochs} epoch" + ("" if epochs == 1 else "s")
+
+
+def _teacher_line(teacher: pd.DataFrame) -> str:
+    """The teacher's accuracy, said at the top: every Δ is read against what it started from."""
+    row = teacher.iloc[0]
+    if row.get("status") != "ok" or pd.isna(row.get("test_acc")):
+        return f"teacher ({row.get('model')}): {row.get('status')}, no test accuracy"
+    epochs = row.get("epochs")
+    trained = f", {int(epochs)} epochs" if pd.notna(epochs) else ""
+    return f"teacher ({row.get('model')}{trained}): test accuracy {float(row['test_acc']):.2f} %"
 
 
 def _method_grid(scores: pd.DataFrame) -> pd.DataFrame:

@@ -18,8 +18,8 @@ from opswap.data import DATASETS, check_dataset
 from opswap.run.spec import model_positions
 from opswap.sparse.methods import PRUNE_METHODS, check_prune_options
 from opswap.study.schema import (_EXPECTED, _METHOD_KEYS, _NAME, STUDY_INITS, STUDY_KINDS, Candidate, Method,
-                                 Problems, RunConfig, Study, StudyError, StudyFile, TeacherConfig, _closest,
-                                 apply_override, check_table, parse_overrides)
+                                 PredictConfig, Problems, RunConfig, Study, StudyError, StudyFile, TeacherConfig,
+                                 _closest, apply_override, check_table, parse_overrides)
 
 __all__ = ["load_study", "validate"]
 
@@ -121,6 +121,7 @@ def _resolve(f: StudyFile, problems: Problems, source: str) -> Study:
             problems.add("teacher", "give either train = true or checkpoint = \"path\", not both")
         teacher = teacher.model_copy(update={"train": False})
     run = _table(problems, "run", f.run, RunConfig)
+    predict = _table(problems, "predict", f.predict, PredictConfig)
     methods = _methods(problems, f.methods) if kind == "methods" else ()
     if f.reference is not None:
         names = [m.name for m in methods]
@@ -146,7 +147,7 @@ def _resolve(f: StudyFile, problems: Problems, source: str) -> Study:
         positions=positions, candidates=candidates, seeds=tuple(f.seeds), epochs=tuple(f.epochs),
         init=tuple(f.init), sparsity=tuple(float(s) for s in f.sparsity), prune=prune,
         prune_options=dict(f.prune_options), train=train, distill=distill, teacher=teacher, run=run,
-        methods=methods, reference=f.reference)
+        predict=predict, methods=methods, reference=f.reference)
 
 
 def _table(problems: Problems, key: str, table: dict, cls):
@@ -158,7 +159,13 @@ def _table(problems: Problems, key: str, table: dict, cls):
                     "devices": '"auto", "cpu", "cuda" or a list such as ["cuda:0", "cuda:1"]',
                     "retries": "a non-negative integer (0 = no retry)", "stale_after": "seconds, a positive number",
                     "epochs": "a positive integer, e.g. 200", "seed": "a non-negative integer",
-                    "train": "true or false", "checkpoint": "a path string"}
+                    "train": "true or false", "checkpoint": "a path string",
+                    "order": '"plan" (as listed), "promising" (highest predicted Δ first) or "informative" '
+                             '(least measured, most uncertain first)',
+                    "features": "true or false", "proxies": 'a list of proxy names, e.g. ["synflow", "snip"]',
+                    "init": 'a list drawn from "lana", "random"', "batches": "a positive integer",
+                    "batch_size": "an integer >= 2", "heldout_batches": "a non-negative integer (0: skip)",
+                    "correction": '"holm" or "bh"'}
         problems.pydantic(err, where=f"{key}.", raw=table, expected=expected, fields=cls.model_fields)
         return cls()
 

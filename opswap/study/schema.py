@@ -26,7 +26,7 @@ from opswap.distill.engine import DistillConfig
 from opswap.sparse.methods import PRUNE_METHODS
 from opswap.training import TrainConfig
 
-__all__ = ["StudyError", "Candidate", "Method", "TeacherConfig", "RunConfig", "Study", "StudyFile",
+__all__ = ["StudyError", "Candidate", "Method", "TeacherConfig", "RunConfig", "PredictConfig", "Study", "StudyFile",
            "parse_overrides", "apply_override", "check_table", "STUDY_KINDS", "BACKENDS", "STUDY_INITS"]
 
 StudyKind = Literal["substitution", "methods"]
@@ -85,6 +85,7 @@ class RunConfig(_Table):
     devices: Literal["auto", "cpu", "cuda"] | tuple[Annotated[str, Field(pattern=r"^(cpu|cuda(:\d+)?|mps)$")], ...] = "auto"
     retries: Annotated[int, Field(ge=0)] = 1
     stale_after: Annotated[float, Field(gt=0)] = 120.0
+    order: Literal["plan", "promising", "informative"] = "plan"  # which pending trials run first
 
     @field_validator("backend")
     @classmethod
@@ -98,6 +99,31 @@ class RunConfig(_Table):
     def _address(cls, value: str | None) -> str | None:
         if value is not None and not re.match(r"^[a-z]+://", value):
             raise ValueError(f"{value!r} is not a scheduler address; write e.g. \"tcp://10.0.0.1:8786\"")
+        return value
+
+
+class PredictConfig(_Table):
+    """The cheap-features stage and the predictability analysis (docs/predictability.md)."""
+
+    features: bool = True  # compute the features stage after the bank
+    proxies: tuple[str, ...] = ("synflow", "naswot", "grad_norm", "snip", "fisher")
+    init: tuple[Literal["lana", "random"], ...] = ("lana", "random")
+    batches: Annotated[int, Field(ge=1)] = 2  # batches of training images the proxies see
+    batch_size: Annotated[int, Field(ge=2)] = 64
+    heldout_batches: Annotated[int, Field(ge=0)] = 4  # held-out batches for the distillation loss; 0: skip
+    seed: Annotated[int, Field(ge=0)] = 0
+    correction: Literal["holm", "bh"] = "holm"  # over the many predictors of a CV scheme
+
+    @field_validator("proxies")
+    @classmethod
+    def _proxies(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        from opswap.analysis.proxies import PROXIES
+
+        for name in value:
+            if name not in PROXIES:
+                raise ValueError(f"unknown proxy {name!r}.{_closest(name, PROXIES)} Allowed: {', '.join(PROXIES)}")
+        if len(set(value)) != len(value):
+            raise ValueError(f"{list(value)} repeats a proxy; list each once")
         return value
 
 
@@ -126,6 +152,7 @@ class Study:
     distill: Mapping[str, Any] = field(default_factory=dict)
     teacher: TeacherConfig = TeacherConfig()
     run: RunConfig = RunConfig()
+    predict: PredictConfig = PredictConfig()
     methods: tuple[Method, ...] = ()
     reference: str | None = None   # methods studies: the method the others are compared with
     overrides: tuple[tuple[str, Any], ...] = ()   # --set key=value pairs applied over the file
@@ -170,6 +197,7 @@ class StudyFile(_Table):
     distill: dict[str, Any] = {}
     teacher: dict[str, Any] = {}
     run: dict[str, Any] = {}
+    predict: dict[str, Any] = {}
     methods: list[dict[str, Any]] = []
     reference: str | None = None
 
@@ -186,7 +214,8 @@ _EXPECTED = {
     "prune": f"one of {', '.join(PRUNE_METHODS)}", "prune_options": "a [prune_options] table, e.g. period = 100",
     "train": "a [train] table of TrainConfig fields", "distill": "a [distill] table of DistillConfig fields",
     "teacher": "a [teacher] table: train, epochs, seed, checkpoint",
-    "run": "a [run] table: " + ", ".join(RunConfig.model_fields), "methods": '[[methods]] tables, each with name = "..."',
+    "run": "a [run] table: " + ", ".join(RunConfig.model_fields),
+    "predict": "a [predict] table: " + ", ".join(PredictConfig.model_fields), "methods": '[[methods]] tables, each with name = "..."',
     "reference": 'the name of the method the others are compared with, e.g. reference = "dense"',
 }
 

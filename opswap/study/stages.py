@@ -1,4 +1,4 @@
-"""Running a study in stages — teacher → distillation bank → trials → summary.
+"""Running a study in stages — teacher → distillation bank → cheap features → trials → summary.
 
 Each stage is idempotent, in the manner of pycls/NASLib: the teacher is a trial (skipped when its
 record and weights exist), the LANA weight bank is rebuilt only when its inputs change, trials
@@ -22,6 +22,8 @@ from opswap.study.claims import try_claim
 from opswap.study.execute import RunSummary, TrialFn, resolve_devices, run_trials, trial_state
 from opswap.study.schema import Study
 from opswap.study.expand import Expansion, Trial, expand_study, teacher_spec
+from opswap.study.features import prepare_features
+from opswap.study.order import order_trials
 
 __all__ = ["StudyRun", "StudyStatus", "run_study", "study_status", "prepare_teacher", "prepare_bank",
            "write_summary", "plan"]
@@ -40,6 +42,7 @@ class StudyRun:
     teacher: str | None = None
     bank: str | None = None
     summary_csv: str | None = None
+    features: str | None = None
 
 
 @dataclass(frozen=True)
@@ -178,8 +181,9 @@ def run_study(study: Study, *, results_dir: str | Path = "results", trial_fn: Tr
     root.mkdir(parents=True, exist_ok=True)
     teacher = prepare_teacher(study, root, trial_fn=trial_fn, devices=run.devices, progress=progress)
     bank = prepare_bank(study, expansion, teacher, root, progress=progress)
+    features = prepare_features(study, expansion, teacher, bank, root)
     try:
-        summary = run_trials(expansion.trials, study=study.name, out_dir=root, trial_fn=trial_fn,
+        summary = run_trials(order_trials(study, expansion, root), study=study.name, out_dir=root, trial_fn=trial_fn,
                              workers=run.workers, backend=run.backend, address=run.address, devices=run.devices,
                              retries=run.retries, retry_failed=retry_failed, stale_after=run.stale_after,
                              teacher=teacher, bank=bank, progress=progress)
@@ -189,7 +193,7 @@ def run_study(study: Study, *, results_dir: str | Path = "results", trial_fn: Tr
     csv = write_summary(study, expansion, root)
     counts = ", ".join(f"{n} {k}" for k, n in sorted(summary.counts.items())) or "nothing to run"
     _say(f"{study.name}: {counts}; records in {root}" + (f", summary {csv}" if csv else ""))
-    return StudyRun(study.name, str(root), expansion, summary, teacher, bank, csv)
+    return StudyRun(study.name, str(root), expansion, summary, teacher, bank, csv, features)
 
 
 def plan(study: Study, expansion: Expansion, root: Path, retries: int) -> str:
