@@ -26,6 +26,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("opswap.cli.run", "run a study (TOML file): all trials, resumable"),
     "status": ("opswap.cli.status", "show a study's progress: done / running / failed / pending"),
     "report": ("opswap.cli.report", "write a study's HTML and Markdown report"),
+    "worker": ("opswap.cli.worker", "claim and run a study's pending trials until none is left (any host)"),
+    "export": ("opswap.cli.export", "mirror a study's finished records into MLflow or TensorBoard"),
 }
 
 
