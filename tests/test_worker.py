@@ -244,3 +244,21 @@ def test_trials_per_device_bounds_the_trials_sharing_a_gpu(tmp_path, monkeypatch
     assert _max_concurrency(rows) == {"cuda:0": per_device, "cuda:1": per_device}  # reached, never exceeded
     # The pool run_trials starts for "auto" workers: one process per slot.
     assert execute._workers("auto", ("cuda:0", "cuda:1"), per_device) == 2 * per_device
+
+
+def test_device_slots_work_where_the_shared_folder_has_no_flock(tmp_path, monkeypatch):
+    """Lustre mounted `noflock` refuses flock: the per-host slot locks move to a local folder."""
+    import errno
+    import fcntl
+
+    real = fcntl.flock
+
+    def flock(f, op):
+        if str(tmp_path) in getattr(f, "name", ""):
+            raise OSError(errno.ENOSYS, "Function not implemented")
+        return real(f, op)
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+    with execute._device_slot(tmp_path, ("cuda:0",), 1) as device:
+        assert device == "cuda:0"
+        assert list(execute._local_lock_dir(tmp_path).glob("device-*-cuda0-0.lock"))

@@ -59,7 +59,7 @@ def _workers(study, root: Path) -> None:
     array = array_status(root)
     if array is None:
         return
-    states = ", ".join(f"{n} {s}" for s, n in sorted(array.states.items(), key=lambda kv: -kv[1]))
+    states = ", ".join(f"{n} {s}" for s, n in sorted(array.states.items(), key=lambda kv: (-kv[1], kv[0])))
     total = sum(array.states.values())
     print(f"{array.cluster} array {array.array_id}: {total} task{'s' * (total != 1)} — {states}"
           + (f"; prepare job {array.prepare[0]} {array.prepare[1]}" if array.prepare else ""))

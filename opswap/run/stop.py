@@ -9,7 +9,8 @@ trial polls `stop_requested()` at safe points and stops there.
 The contract with the training engine (`opswap.training.train`, via `opswap.run.trial.run_trial`)
 ------------------------------------------------------------------------------------------------
 1. The runner passes the trial function `checkpoint_path=<results>/<study>/checkpoints/<trial_id>.safetensors`
-   (`checkpoint_path()` below) when the function takes that keyword (or `**kwargs`). `run_trial`
+   (`checkpoint_path()` below; the teacher's under `<results>/<study>/teacher/checkpoints/`), its
+   folder created, when the function takes that keyword (or `**kwargs`). `run_trial`
    forwards it as `train(..., checkpoint=checkpoint_path, resume=True, should_stop=stop_requested)`.
    `train()` keeps its existing file layout beside that path: `<trial_id>.safetensors` (weights),
    `<trial_id>.state.pt` (optimiser, pruner, RNG, data order) and `<trial_id>.json` (epoch, step,

@@ -130,6 +130,17 @@ def _physical(device: str) -> str:
     return device.replace(":", "")
 
 
+def _local_lock_dir(out_dir: Path) -> Path:
+    """A host-local folder for one results folder's device locks."""
+    import hashlib
+    import tempfile
+
+    key = hashlib.sha1(str(Path(out_dir).resolve()).encode()).hexdigest()[:12]
+    path = Path(tempfile.gettempdir()) / f"opswap-device-locks-{key}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 @contextlib.contextmanager
 def _device_slot(out_dir: Path, devices: tuple[str, ...], per_device: int = 1) -> Iterator[str | None]:
     """Hold one of `per_device` slots of a device for this trial; None when a stop came while waiting.
@@ -153,6 +164,12 @@ def _device_slot(out_dir: Path, devices: tuple[str, ...], per_device: int = 1) -
             except BlockingIOError:
                 f.close()
                 continue
+            except OSError:  # no flock on this file system (Lustre `noflock`): these locks are per host anyway
+                f.close()
+                if lock_dir == _local_lock_dir(out_dir):
+                    raise
+                lock_dir = _local_lock_dir(out_dir)
+                break
             try:
                 yield device
             finally:
