@@ -18,6 +18,7 @@ from typing import Any
 
 from opswap.atomic import atomic_path, write_text
 from opswap.run.record import load_record, record_path
+from opswap.run.stop import stop_reason, stop_requested
 from opswap.study.claims import try_claim
 from opswap.study.execute import RunSummary, TrialFn, resolve_devices, run_trials, trial_state
 from opswap.study.schema import Study
@@ -133,6 +134,8 @@ def prepare_bank(study: Study, expansion: Expansion, teacher: str | None, result
     while not current():
         claim = try_claim(results_dir / "claims", "bank", stale_after=study.run.stale_after)
         if claim is None:
+            if stop_requested():  # a worker told to stop does not wait for another's bank
+                raise RuntimeError(f"stopped ({stop_reason()}) while another runner builds the bank")
             time.sleep(2.0)
             continue
         with claim:

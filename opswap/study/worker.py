@@ -159,8 +159,8 @@ def run_worker(study: Study, *, results_dir: str | Path = "results", until: floa
         try:
             teacher, bank = prepare_stages(study, expansion, root, trial_fn=trial_fn, progress=progress)
         except RuntimeError:
-            if stop.stop_requested():  # the teacher was pre-empted: it resumes in the next worker
-                return summary(f"stopped by {stop.stop_reason()} (teacher stage)")
+            if stop.stop_requested():  # stopped in the teacher or bank stage: the next worker goes on
+                return summary(f"stopped by {stop.stop_reason()} (before the trials)")
             raise
         devices = resolve_devices(run.devices)
         ctx = TrialContext(study.name, str(root), trial_fn, run.retries, False, run.stale_after, devices,
