@@ -27,6 +27,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "status": ("opswap.cli.status", "show a study's progress: done / running / failed / pending"),
     "report": ("opswap.cli.report", "write a study's HTML and Markdown report"),
     "predict": ("opswap.cli.predict", "predict Δ, with intervals, of a partial study's pending cells"),
+    "worker": ("opswap.cli.worker", "claim and run a study's pending trials until none is left (any host)"),
+    "export": ("opswap.cli.export", "mirror a study's finished records into MLflow or TensorBoard"),
 }
 
 

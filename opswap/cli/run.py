@@ -1,4 +1,9 @@
-"""`opswap run STUDY`: every stage of a study — teacher, bank, trials, summary, report — resumable."""
+"""`opswap run STUDY`: every stage of a study — teacher, bank, trials, summary, report — resumable.
+
+With `--backend slurm` (or `backend = "slurm"`) the trials run in a SLURM job array of workers
+(`opswap.study.slurm`); `--wait` waits for it and then writes the summary and the report, which
+otherwise a later `opswap report` writes.
+"""
 from __future__ import annotations
 
 import argparse
@@ -13,8 +18,12 @@ log = logging.getLogger("opswap")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_study_arguments(parser)
-    parser.add_argument("--workers", type=int, metavar="N", help="parallel trials (default: the study's [run] workers)")
-    parser.add_argument("--backend", choices=BACKENDS, help="loky (local processes) or dask (a dask.distributed cluster)")
+    parser.add_argument("--workers", type=int, metavar="N", help="parallel trials (default: the study's [run] workers; "
+                        "with slurm: array tasks, default [run.slurm] array)")
+    parser.add_argument("--backend", choices=BACKENDS, help="loky (local processes), dask (a dask.distributed cluster) "
+                        "or slurm (a job array of workers, submitted with submitit)")
+    parser.add_argument("--wait", action="store_true", help="slurm: wait for the array to end, then write the summary "
+                        "and the report (without it: print the job id and return)")
     parser.add_argument("--address", metavar="A", help="dask scheduler address, e.g. tcp://10.0.0.1:8786")
     parser.add_argument("--retry-failed", action="store_true", help="run failed trials again, with a fresh retry budget")
     parser.add_argument("--dry-run", action="store_true", help="list the trials and skipped pairs; write nothing")
@@ -49,14 +58,47 @@ def main(args: argparse.Namespace) -> int:
     check_writable_dir(root, "the trial records", "--results")
     if not args.no_report:
         check_writable_dir(Path(args.reports) / study.name, "the report", "--reports")
+    if study.run.backend == "slurm":
+        return _slurm(args, study, root)
     result = run_study(study, results_dir=args.results, workers=args.workers, retry_failed=args.retry_failed,
                        progress=not args.no_progress)
     if not args.no_report and result.summary_csv:
-        from opswap.report import write_report
-
-        try:
-            index = write_report(root, Path(args.reports) / study.name, report_context(study, root))
-            log.info(f"report: {index}")
-        except Exception as err:  # the trials are done; a report can be written later
-            log.info(f"report failed ({type(err).__name__}: {err}); retry with: opswap report {study.path}")
+        _report(args, study, root)
     return 1 if result.summary.counts.get("failed") else 0
+
+
+def _report(args: argparse.Namespace, study, root: Path) -> None:
+    from opswap.report import write_report
+
+    try:
+        index = write_report(root, Path(args.reports) / study.name, report_context(study, root))
+        log.info(f"report: {index}")
+    except Exception as err:  # the trials are done; a report can be written later
+        log.info(f"report failed ({type(err).__name__}: {err}); retry with: opswap report {study.path}")
+
+
+def _slurm(args: argparse.Namespace, study, root: Path) -> int:
+    """Submit the array of workers; with --wait, wait for it and write the summary and report."""
+    from opswap.study.expand import expand_study
+    from opswap.study.slurm import submit_study, wait_for
+    from opswap.study.stages import plan, study_status, write_summary
+
+    expansion = expand_study(study)
+    log.info(plan(study, expansion, root, study.run.retries))
+    submission = submit_study(study, args.results, array=args.workers)
+    print(f"submitted job array {submission.array_id} ({len(submission.job_ids)} tasks"
+          + (f", after prepare job {submission.prepare_id}" if submission.prepare_id else "") + ")")
+    if not args.wait:
+        print(f"follow it with: opswap status {study.path} --results {args.results}\n"
+              f"report when done: opswap report {study.path} --results {args.results}")
+        return 0
+    for result in wait_for(submission):
+        log.info(result.line() if hasattr(result, "line") else result)
+    csv = write_summary(study, expansion, root)
+    status = study_status(study, args.results)
+    c = status.counts
+    log.info(f"{study.name}: {c['done']} done, {c['failed']} failed, {c['pending'] + c['preempted']} left"
+             + (f"; summary {csv}" if csv else ""))
+    if not args.no_report and csv:
+        _report(args, study, root)
+    return 1 if c["failed"] else 0

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from collections import Counter
 from pathlib import Path
 
 from opswap.cli._common import add_study_arguments
@@ -41,4 +42,29 @@ def main(args: argparse.Namespace) -> int:
         print(f"mean trial {_duration(status.mean_seconds)}; {eta}")
     elif c["pending"]:
         print("no finished trial yet: no estimate of the time left")
+    if root.is_dir():
+        _workers(study, root)
     return 0
+
+
+def _workers(study, root: Path) -> None:
+    """Where trials run now (hosts of live claims) and the SLURM array's jobs, when one was submitted."""
+    from opswap.study.expand import expand_study
+    from opswap.study.slurm import array_status
+    from opswap.study.worker import running_hosts
+
+    hosts = running_hosts(root, expand_study(study).trials, study.run.stale_after)
+    if hosts:
+        print("running on: " + ", ".join(f"{h} ({n})" for h, n in sorted(hosts.items())))
+    array = array_status(root)
+    if array is None:
+        return
+    states = ", ".join(f"{n} {s}" for s, n in sorted(array.states.items(), key=lambda kv: (-kv[1], kv[0])))
+    total = sum(array.states.values())
+    print(f"{array.cluster} array {array.array_id}: {total} task{'s' * (total != 1)} — {states}"
+          + (f"; prepare job {array.prepare[0]} {array.prepare[1]}" if array.prepare else ""))
+    if array.summaries:
+        ran = sum(s.ran for s in array.summaries)
+        reasons = Counter(s.reason for s in array.summaries)
+        print(f"finished tasks ran {ran} trial{'s' * (ran != 1)}; exits: "
+              + ", ".join(f"{n}× {r}" for r, n in reasons.most_common()))

@@ -1,14 +1,18 @@
 """Parallel, resumable trial execution with joblib (loky processes, or a dask.distributed cluster).
 
-Each trial runs in a worker under a claim (`claims.py`), with its own log file and one device;
-its record is written atomically, failures are retried up to a limit, and a failed or diverged
-trial never stops the others. A trial whose record says ok or diverged is done and never runs
-again, so a killed run resumes where it stopped.
+Each trial runs in a worker under a claim (`claims.py`), with its own log file and one device
+slot (`trials_per_device` slots per GPU); its record is written atomically, failures are retried
+up to a limit, and a failed or diverged trial never stops the others. A trial whose record says
+ok or diverged is done and never runs again, so a killed run resumes where it stopped. A trial
+stopped on request (SIGTERM, SIGUSR1, SIGUSR2: `opswap.run.stop`) gets a `preempted` record and
+resumes from its checkpoint in the next run. Every record written can be mirrored into tracking
+sinks (`opswap.track`); a sink that fails only warns.
 """
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import inspect
 import logging
 import os
 import socket
@@ -20,11 +24,15 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from opswap.run import stop
 from opswap.run.record import DONE, failed_record, load_record, record_state, write_record
-from opswap.study.claims import claim_is_live, read_claim, try_claim
+from opswap.study.claims import Claim, claim_is_live, read_claim, try_claim
 from opswap.study.expand import Trial
 
-__all__ = ["TrialOutcome", "RunSummary", "run_trials", "trial_state", "resolve_devices", "TrialFn"]
+__all__ = ["TrialOutcome", "RunSummary", "TrialContext", "run_trials", "execute_trial", "trial_state",
+           "resolve_devices", "available_cpus", "mirror_record", "TrialFn"]
+
+log_ = logging.getLogger("opswap")
 
 TrialFn = Callable[..., dict]
 
@@ -34,7 +42,10 @@ class TrialOutcome:
     """What happened to one trial in this run."""
 
     trial_id: str
-    status: str  # ok | diverged | failed | busy (a live runner elsewhere holds it) | done (already)
+    # ok | diverged | failed | preempted (stopped on request, resumes later) | busy (a live runner
+    # elsewhere holds it) | done (already) | stopped (a stop came before it started) | lost (its
+    # claim was taken over meanwhile: the other runner's record counts)
+    status: str
     attempt: int = 0
     seconds: float = 0.0
     error: str | None = None
@@ -49,17 +60,23 @@ class RunSummary:
 
 
 @dataclass(frozen=True)
-class _Context:
+class TrialContext:
+    """What running one trial needs besides the trial itself (sent to every worker process)."""
+
     study: str
     out_dir: str
-    trial_fn: TrialFn | None
-    retries: int
-    retry_failed: bool
-    stale_after: float
-    devices: tuple[str, ...]
-    threads: int
-    teacher: str | None
-    bank: str | None
+    trial_fn: TrialFn | None = None
+    retries: int = 1
+    retry_failed: bool = False
+    stale_after: float = 120.0
+    devices: tuple[str, ...] = ("cpu",)
+    threads: int = 1
+    teacher: str | None = None
+    bank: str | None = None
+    trials_per_device: int = 1
+    track: tuple[str, ...] = ()          # sinks of opswap.track the records are mirrored into
+    tracking_uri: str | None = None
+    track_root: str | None = None        # where the sinks store (default: the results root)
 
 
 def _done(out_dir: str | Path, trial_id: str) -> dict | None:
@@ -94,28 +111,73 @@ def resolve_devices(devices: str | Sequence[str] = "auto") -> tuple[str, ...]:
     return tuple(f"cuda:{i}" for i in range(n)) or ("cpu",)
 
 
+def available_cpus() -> int:
+    """CPUs this process may use (its affinity mask: a SLURM task's own CPUs), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def _physical(device: str) -> str:
+    """The GPU behind `cuda:i` as this host names it, so that processes seeing different
+    CUDA_VISIBLE_DEVICES (SLURM gives each job its own) lock the same GPU under the same name."""
+    kind, _, index = device.partition(":")
+    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    if kind == "cuda" and visible:
+        i = int(index or 0)
+        return f"cuda{visible[i] if i < len(visible) else index}"
+    return device.replace(":", "")
+
+
+def _local_lock_dir(out_dir: Path) -> Path:
+    """A host-local folder for one results folder's device locks."""
+    import hashlib
+    import tempfile
+
+    key = hashlib.sha1(str(Path(out_dir).resolve()).encode()).hexdigest()[:12]
+    path = Path(tempfile.gettempdir()) / f"opswap-device-locks-{key}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 @contextlib.contextmanager
-def _device_slot(out_dir: Path, devices: tuple[str, ...]) -> Iterator[str]:
-    """Hold one device for this trial (a lock per host and device; released if the process dies)."""
+def _device_slot(out_dir: Path, devices: tuple[str, ...], per_device: int = 1) -> Iterator[str | None]:
+    """Hold one of `per_device` slots of a device for this trial; None when a stop came while waiting.
+
+    A slot is an flock on `claims/device-<host>-<gpu>-<k>.lock`: per host, released when the
+    process dies. Slots are tried round-robin (slot 0 of every device first), so trials spread
+    over the GPUs before they share one.
+    """
     if all(d == "cpu" for d in devices):
         yield "cpu"
         return
     lock_dir = out_dir / "claims"
     lock_dir.mkdir(parents=True, exist_ok=True)
     host = socket.gethostname()
+    slots = [(device, k) for k in range(max(1, per_device)) for device in devices]
     while True:
-        for device in devices:
-            f = open(lock_dir / f"device-{host}-{device.replace(':', '')}.lock", "a")
+        for device, k in slots:
+            f = open(lock_dir / f"device-{host}-{_physical(device)}-{k}.lock", "a")
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 f.close()
                 continue
+            except OSError:  # no flock on this file system (Lustre `noflock`): these locks are per host anyway
+                f.close()
+                if lock_dir == _local_lock_dir(out_dir):
+                    raise
+                lock_dir = _local_lock_dir(out_dir)
+                break
             try:
                 yield device
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
                 f.close()
+            return
+        if stop.stop_requested():
+            yield None
             return
         time.sleep(0.2)
 
@@ -130,18 +192,40 @@ def _default_trial_fn() -> TrialFn:
     return run_trial
 
 
-def _takes_attempt(fn: TrialFn) -> bool:
-    import inspect
-
+def _takes(fn: TrialFn, name: str) -> bool:
     try:
         params = inspect.signature(fn).parameters.values()
     except (TypeError, ValueError):
         return False
-    return any(p.name == "attempt" or p.kind == p.VAR_KEYWORD for p in params)
+    return any(p.name == name or p.kind == p.VAR_KEYWORD for p in params)
 
 
-def _attempt(trial: Trial, ctx: _Context, attempt: int, device: str, log) -> dict:
-    """Run the trial function once; any exception becomes a failed record."""
+_SINKS: dict[tuple, object] = {}
+
+
+def mirror_record(record: dict, ctx: TrialContext) -> None:
+    """Mirror a written record into the context's tracking sinks; a failure only warns."""
+    if not ctx.track:
+        return
+    from opswap import track
+
+    root = ctx.track_root or str(Path(ctx.out_dir).parent)
+    for name in ctx.track:
+        key = (name, root, ctx.study, ctx.tracking_uri)
+        try:
+            sink = _SINKS.get(key)
+            if sink is None:
+                sink = _SINKS[key] = track.make_sink(name, root=root, study=ctx.study, tracking_uri=ctx.tracking_uri)
+            sink.log_record(record)
+        except Exception as err:  # the record is written; the copy can be made later (opswap export)
+            _SINKS.pop(key, None)
+            log_.warning(f"tracking: {name} could not log trial {record.get('trial_id')} "
+                         f"({type(err).__name__}: {err}); the record is kept, `opswap export` retries it")
+
+
+def _attempt(trial: Trial, ctx: TrialContext, attempt: int, device: str, log, claim: Claim | None = None) -> dict | None:
+    """Run the trial function once and write its record; an exception becomes a failed record,
+    `Preempted` a preempted one. None (nothing written) when the claim was lost meanwhile."""
     out_dir = Path(ctx.out_dir)
     fn = ctx.trial_fn or _default_trial_fn()
     started, t0 = _now(), time.perf_counter()
@@ -150,12 +234,21 @@ def _attempt(trial: Trial, ctx: _Context, attempt: int, device: str, log) -> dic
     log.flush()
     try:
         with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-            kwargs = {"attempt": attempt} if _takes_attempt(fn) else {}
+            kwargs = {"attempt": attempt} if _takes(fn, "attempt") else {}
+            if _takes(fn, "checkpoint_path"):
+                path = stop.checkpoint_path(out_dir, trial.trial_id)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                kwargs["checkpoint_path"] = path
             record = fn(trial.spec, trial_id=trial.trial_id, study=ctx.study, teacher=ctx.teacher,
                         bank=ctx.bank, device=device, progress=False,
                         weights_path=out_dir / f"{trial.trial_id}.safetensors", **kwargs)
         if not isinstance(record, dict):
             raise TypeError(f"the trial function returned {type(record).__name__}, not a record dict")
+    except stop.Preempted as err:
+        record = failed_record(trial.settings, trial_id=trial.trial_id, study=ctx.study,
+                               error=f"pre-empted ({stop.stop_reason() or 'stop requested'}): {err}".rstrip(": "),
+                               started=started, seconds=time.perf_counter() - t0)
+        record["status"] = "preempted"
     except Exception as err:  # a failed trial never stops the study
         tb = traceback.format_exc()
         log.write(tb)
@@ -164,19 +257,38 @@ def _attempt(trial: Trial, ctx: _Context, attempt: int, device: str, log) -> dic
         record = failed_record(trial.settings, trial_id=trial.trial_id, study=ctx.study, error=error,
                                started=started, seconds=time.perf_counter() - t0)
     record["attempt"] = attempt
+    if claim is not None:
+        claim.beat()  # look once more, now: a runner that took the trial over owns its record
+        if claim.lost:
+            log.write(f"[{_now()}] attempt {attempt}: the claim was taken over by another runner; "
+                      f"this result ({record.get('status')}) is dropped\n")
+            log.flush()
+            return None
     write_record(record, out_dir)  # the one write of this attempt's record
     log.write(f"[{_now()}] attempt {attempt}: {record.get('status')} in {time.perf_counter() - t0:.1f} s\n"
               + (f"{record.get('error')}\n" if record.get("error") else ""))
     log.flush()
+    mirror_record(record, ctx)
     return record
 
 
-def _execute(trial: Trial, ctx: _Context) -> TrialOutcome:
-    """Worker side: claim the trial, run it (retrying failures), release the claim."""
+def execute_trial(trial: Trial, ctx: TrialContext) -> TrialOutcome:
+    """Worker side: claim the trial, run it (retrying failures), release the claim.
+
+    SIGTERM / SIGUSR1 / SIGUSR2 become stop requests meanwhile (in the process's main thread):
+    the trial checkpoints and gets a `preempted` record, and no further attempt starts.
+    """
+    with stop.handle_signals():
+        return _execute(trial, ctx)
+
+
+def _execute(trial: Trial, ctx: TrialContext) -> TrialOutcome:
     out_dir = Path(ctx.out_dir)
     previous = _done(out_dir, trial.trial_id)
     if previous is not None:
         return TrialOutcome(trial.trial_id, "done", int(previous.get("attempt") or 1))
+    if stop.stop_requested():
+        return TrialOutcome(trial.trial_id, "stopped")
     claim = try_claim(out_dir / "claims", trial.trial_id, stale_after=ctx.stale_after)
     if claim is None:
         return TrialOutcome(trial.trial_id, "busy")
@@ -186,10 +298,15 @@ def _execute(trial: Trial, ctx: _Context) -> TrialOutcome:
         previous = load_record(out_dir, trial.trial_id)
         if isinstance(previous, dict) and previous.get("status") in DONE:
             return TrialOutcome(trial.trial_id, "done", int(previous.get("attempt") or 1))
-        if not isinstance(previous, dict) or previous.get("status") == "preempted":
-            previous = None  # corrupt (re-run from scratch) or pre-empted (resumes): no attempt used up
-        first = int(previous.get("attempt") or 1) + 1 if previous is not None else 1
+        if not isinstance(previous, dict):
+            previous = None  # none yet, or corrupt (re-run from scratch)
+        if previous is not None and previous.get("status") == "preempted":
+            first = int(previous.get("attempt") or 1)  # the pre-empted attempt resumes: none used up
+        else:
+            first = int(previous.get("attempt") or 1) + 1 if previous is not None else 1
         last = first + ctx.retries if ctx.retry_failed else ctx.retries + 1
+        if previous is not None and previous.get("status") == "preempted":
+            last = max(last, first)  # a pre-empted attempt always resumes
         if first > last:
             return TrialOutcome(trial.trial_id, "failed", first - 1, 0.0, previous.get("error"))
         if ctx.trial_fn is None or "torch" in sys.modules:  # a stand-in trial need not pay for torch
@@ -197,28 +314,34 @@ def _execute(trial: Trial, ctx: _Context) -> TrialOutcome:
 
             torch.set_num_threads(ctx.threads)
         (out_dir / "logs").mkdir(parents=True, exist_ok=True)
-        handler = None
+        record, attempt = None, first
         with open(out_dir / "logs" / f"{trial.trial_id}.log", "a", encoding="utf-8") as log, \
-                _device_slot(out_dir, ctx.devices) as device:
+                _device_slot(out_dir, ctx.devices, ctx.trials_per_device) as device:
+            if device is None:
+                return TrialOutcome(trial.trial_id, "stopped")
             handler = logging.StreamHandler(log)
             logging.getLogger().addHandler(handler)
             try:
                 for attempt in range(first, last + 1):
-                    record = _attempt(trial, ctx, attempt, device, log)
-                    if record.get("status") != "failed":
+                    record = _attempt(trial, ctx, attempt, device, log, claim)
+                    if record is None or record.get("status") != "failed" or stop.stop_requested():
                         break
             finally:
                 logging.getLogger().removeHandler(handler)
+        if record is None:
+            return TrialOutcome(trial.trial_id, "lost", attempt, time.perf_counter() - t0)
+        if record.get("status") != "preempted":
+            stop.remove_checkpoint(out_dir, trial.trial_id)
     return TrialOutcome(trial.trial_id, str(record.get("status")), attempt, time.perf_counter() - t0,
                         record.get("error"))
 
 
-def _workers(workers: int | str, devices: tuple[str, ...]) -> int:
+def _workers(workers: int | str, devices: tuple[str, ...], per_device: int = 1) -> int:
     if workers != "auto":
         return int(workers)
     if any(d != "cpu" for d in devices):
-        return len(devices)
-    return max(1, (os.cpu_count() or 1) // 4)
+        return len(devices) * max(1, per_device)
+    return max(1, available_cpus() // 4)
 
 
 @contextlib.contextmanager
@@ -231,7 +354,8 @@ def _backend(backend: str, address: str | None, workers: int) -> Iterator[int]:
             yield workers
         return
     if backend != "dask":
-        raise ValueError(f"unknown backend {backend!r}; use loky or dask")
+        raise ValueError(f"backend {backend!r} does not run trials here; use loky or dask (a SLURM job array of "
+                         "workers is submitted by `opswap run --backend slurm`, opswap.study.slurm)")
     try:
         from distributed import Client, LocalCluster
     except ImportError:
@@ -250,8 +374,14 @@ def run_trials(trials: Sequence[Trial], *, study: str, out_dir: str | Path, tria
                workers: int | str = 1, backend: str = "loky", address: str | None = None,
                devices: str | Sequence[str] = "auto", retries: int = 1, retry_failed: bool = False,
                stale_after: float = 120.0, teacher: str | None = None, bank: str | None = None,
-               progress: bool = True, poll: float = 2.0, log: Callable[[str], None] | None = None) -> RunSummary:
-    """Run every trial not done yet, in parallel; wait for trials that other runners hold."""
+               progress: bool = True, poll: float = 2.0, log: Callable[[str], None] | None = None,
+               trials_per_device: int = 1, track: Sequence[str] = (), tracking_uri: str | None = None,
+               track_root: str | Path | None = None) -> RunSummary:
+    """Run every trial not done yet, in parallel; wait for trials that other runners hold.
+
+    `trials_per_device` trials share one GPU; `track` names the sinks every record is mirrored
+    into (`opswap.track`, stored under `track_root`, default the folder above `out_dir`).
+    """
     import warnings
 
     from joblib import Parallel, delayed
@@ -263,9 +393,11 @@ def run_trials(trials: Sequence[Trial], *, study: str, out_dir: str | Path, tria
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     slots = resolve_devices(devices)
-    n_jobs = _workers(workers, slots)
-    threads = max(1, (os.cpu_count() or 1) // n_jobs)
-    ctx = _Context(study, str(out_dir), trial_fn, retries, retry_failed, stale_after, slots, threads, teacher, bank)
+    n_jobs = _workers(workers, slots, trials_per_device)
+    threads = max(1, available_cpus() // n_jobs)
+    ctx = TrialContext(study, str(out_dir), trial_fn, retries, retry_failed, stale_after, slots, threads, teacher,
+                       bank, trials_per_device, tuple(track), tracking_uri,
+                       str(track_root) if track_root is not None else None)
     say = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
     outcomes: dict[str, TrialOutcome] = {}
     todo = [t for t in trials if _done(out_dir, t.trial_id) is None]
@@ -277,17 +409,17 @@ def run_trials(trials: Sequence[Trial], *, study: str, out_dir: str | Path, tria
             while todo:
                 parallel = Parallel(n_jobs=min(jobs, len(todo)), return_as="generator_unordered")
                 busy = []
-                for outcome in parallel(delayed(_execute)(t, ctx) for t in todo):
+                for outcome in parallel(delayed(execute_trial)(t, ctx) for t in todo):
                     if outcome.status == "busy":
                         busy.append(outcome.trial_id)
                         continue
                     outcomes[outcome.trial_id] = outcome
                     bar.update(1)
-                    if outcome.status != "done":
+                    if outcome.status not in ("done", "stopped"):
                         say(f"{outcome.status:>8}  {outcome.trial_id}  {labels[outcome.trial_id]}"
                             f"  ({outcome.seconds:.1f} s, attempt {outcome.attempt})")
                 # Trials held by another live runner: wait until they are done or their claim dies.
-                todo = [t for t in trials if t.trial_id in busy]
+                todo = [t for t in trials if t.trial_id in busy] if not stop.stop_requested() else []
                 while todo:
                     states = {t.trial_id: trial_state(out_dir, t.trial_id, retries=retries,
                                                       stale_after=stale_after) for t in todo}
@@ -295,9 +427,9 @@ def run_trials(trials: Sequence[Trial], *, study: str, out_dir: str | Path, tria
                         if state in ("done", "failed"):
                             outcomes[tid] = TrialOutcome(tid, "done" if state == "done" else "failed")
                             bar.update(1)
-                    todo = [t for t in todo if states[t.trial_id] in ("pending", "retry")] + \
+                    todo = [t for t in todo if states[t.trial_id] in ("pending", "retry", "preempted", "corrupt")] + \
                            [t for t in todo if states[t.trial_id] == "running"]
-                    if all(states[t.trial_id] == "running" for t in todo) and todo:
+                    if all(states[t.trial_id] == "running" for t in todo) and todo and not stop.stop_requested():
                         time.sleep(poll)
                         continue
                     break

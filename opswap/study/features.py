@@ -24,7 +24,7 @@ from opswap.study.claims import try_claim
 from opswap.study.expand import Expansion
 from opswap.study.schema import Study
 
-__all__ = ["feature_pairs", "features_key", "prepare_features"]
+__all__ = ["feature_pairs", "features_key", "features_current", "prepare_features"]
 
 log = logging.getLogger("opswap")
 
@@ -65,11 +65,7 @@ def prepare_features(study: Study, expansion: Expansion, teacher: str | None, ba
     key = features_key(study, pairs, teacher, bank)
 
     def current() -> bool:
-        try:
-            existing = read_features(path)
-        except ValueError:
-            return False
-        return existing is not None and existing.attrs["meta"].get("key") == key
+        return _current(path, key)
 
     if current():
         log.info(f"features: {len(pairs)} pairs, unchanged inputs → {path}")
@@ -82,6 +78,20 @@ def prepare_features(study: Study, expansion: Expansion, teacher: str | None, ba
             if not current():
                 _compute(study, pairs, teacher, bank, path, key, device)
     return str(path)
+
+
+def _current(path: Path, key: str) -> bool:
+    try:
+        existing = read_features(path)
+    except ValueError:
+        return False
+    return existing is not None and existing.attrs["meta"].get("key") == key
+
+
+def features_current(study: Study, expansion: Expansion, teacher: str, bank: str | None, results_dir: Path) -> bool:
+    """Whether the features file in results_dir was computed from these inputs."""
+    pairs = feature_pairs(expansion)
+    return _current(Path(results_dir) / FEATURES_FILE, features_key(study, pairs, teacher, bank))
 
 
 def _compute(study: Study, pairs: list[tuple[int, str]], teacher: str, bank_path: str | None, path: Path,

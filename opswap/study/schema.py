@@ -23,14 +23,16 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from opswap.data import DATASETS
 from opswap.distill.engine import DistillConfig
+from opswap.run.spec import TRAIN_KEYS
 from opswap.sparse.methods import PRUNE_METHODS
+from opswap.track import SINKS
 from opswap.training import TrainConfig
 
-__all__ = ["StudyError", "Candidate", "Method", "TeacherConfig", "RunConfig", "PredictConfig", "Study", "StudyFile",
+__all__ = ["StudyError", "Candidate", "Method", "TeacherConfig", "RunConfig", "PredictConfig", "SlurmConfig", "SLURM_CLUSTERS", "Study", "StudyFile",
            "parse_overrides", "apply_override", "check_table", "STUDY_KINDS", "BACKENDS", "STUDY_INITS"]
 
 StudyKind = Literal["substitution", "methods"]
-Backend = Literal["loky", "dask"]
+Backend = Literal["loky", "dask", "slurm"]
 StudyInit = Literal["lana", "random", "scratch"]  # the inits a study compares (teacher: its baselines)
 STUDY_KINDS: tuple[str, ...] = get_args(StudyKind)
 BACKENDS: tuple[str, ...] = get_args(Backend)
@@ -76,8 +78,41 @@ class TeacherConfig(_Table):
     checkpoint: str | None = None
 
 
+SLURM_CLUSTERS = ("slurm", "local")  # submitit executors: a real SLURM cluster, or local processes (trying it out)
+
+
+def _tupled(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+class SlurmConfig(_Table):
+    """The [run.slurm] table: one SLURM job array of workers (submitit), each task's resources."""
+
+    cluster: str = "slurm"
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    gpus_per_task: Annotated[int, Field(ge=0)] = 1  # GPUs of one array task (one node)
+    cpus_per_task: Annotated[int, Field(ge=1)] = 8  # CPUs of one worker process
+    mem_gb: Annotated[float, Field(gt=0)] | Annotated[int, Field(gt=0)] | None = None  # memory of one array task
+    time_min: Annotated[int, Field(gt=0)] = 240  # time limit of one array task
+    array: Annotated[int, Field(ge=1)] = 4  # array tasks (each one job on one node)
+    parallel: Annotated[int, Field(ge=1)] | None = None  # at most this many array tasks at once (sbatch %N)
+    signal_delay_s: Annotated[int, Field(ge=0)] = 120  # stop signal this long before the time limit
+    setup: Annotated[tuple[str, ...], BeforeValidator(_tupled)] = ()  # shell lines before the worker starts
+    extra: dict[str, str | int | bool] = {}  # further sbatch options: { constraint = "a100", mail-type = "END" }
+
+    @field_validator("cluster")
+    @classmethod
+    def _cluster(cls, value: str) -> str:
+        if value not in SLURM_CLUSTERS:
+            raise ValueError(f"unknown cluster {value!r}.{_closest(value, SLURM_CLUSTERS)} "
+                             f"Allowed: {', '.join(SLURM_CLUSTERS)}")
+        return value
+
+
 class RunConfig(_Table):
-    """Execution settings: workers, joblib backend, dask address, devices, retries."""
+    """Execution settings: workers, backend (loky, dask, slurm), devices, retries, tracking."""
 
     workers: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"
     backend: str = "loky"
@@ -86,6 +121,40 @@ class RunConfig(_Table):
     retries: Annotated[int, Field(ge=0)] = 1
     stale_after: Annotated[float, Field(gt=0)] = 120.0
     order: Literal["plan", "promising", "informative"] = "plan"  # which pending trials run first
+    trials_per_device: Annotated[int, Field(ge=1)] = 1  # trials sharing one GPU at a time
+    track: tuple[str, ...] = ()  # mirror every record into these sinks: "mlflow", "tensorboard"
+    tracking_uri: str | None = None  # MLflow: a server or database; default <results>/mlruns
+    slurm: SlurmConfig = SlurmConfig()
+
+    @field_validator("track")
+    @classmethod
+    def _track(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            if name not in SINKS:
+                raise ValueError(f"unknown tracking sink {name!r}.{_closest(name, SINKS)} Allowed: {', '.join(SINKS)}")
+        if len(set(value)) != len(value):
+            raise ValueError(f"{list(value)} names a sink twice; list each once")
+        return value
+
+    @field_validator("slurm", mode="before")
+    @classmethod
+    def _slurm(cls, value: Any) -> Any:
+        if isinstance(value, SlurmConfig):
+            return value
+        if not isinstance(value, Mapping):
+            raise ValueError(f"{value!r} is not a table; write [run.slurm] with partition = \"gpu\", time_min = 240, ...")
+        try:
+            return SlurmConfig.model_validate(dict(value))
+        except ValidationError as err:
+            problems = []
+            for e in err.errors():
+                key = ".".join(str(p) for p in e["loc"] if not isinstance(p, int))
+                if e["type"] == "extra_forbidden":
+                    names = list(SlurmConfig.model_fields)
+                    problems.append(f"{key}: unknown key.{_closest(key, names)} Allowed keys: {', '.join(names)}")
+                else:
+                    problems.append(f"{key}: {e.get('input')!r}: {e['msg'].removeprefix('Value error, ')}")
+            raise ValueError("; ".join(dict.fromkeys(problems))) from None
 
     @field_validator("backend")
     @classmethod

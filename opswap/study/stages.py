@@ -18,15 +18,16 @@ from typing import Any
 
 from opswap.atomic import atomic_path, write_text
 from opswap.run.record import load_record, record_path
+from opswap.run.stop import stop_reason, stop_requested
 from opswap.study.claims import try_claim
 from opswap.study.execute import RunSummary, TrialFn, resolve_devices, run_trials, trial_state
 from opswap.study.schema import Study
 from opswap.study.expand import Expansion, Trial, expand_study, teacher_spec
-from opswap.study.features import prepare_features
+from opswap.study.features import feature_pairs, features_current, prepare_features
 from opswap.study.order import order_trials
 
 __all__ = ["StudyRun", "StudyStatus", "run_study", "study_status", "prepare_teacher", "prepare_bank",
-           "write_summary", "plan"]
+           "prepare_stages", "stages_pending", "write_summary", "plan"]
 
 log = logging.getLogger("opswap")
 
@@ -68,27 +69,43 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def prepare_teacher(study: Study, results_dir: Path, *, trial_fn: TrialFn | None = None,
-                    devices: Any = "auto", progress: bool = True) -> str | None:
-    """Stage 1: the teacher checkpoint (given, already trained, or trained now as a trial)."""
+def _teacher_trial(study: Study) -> Trial:
+    spec = teacher_spec(study)
+    return Trial(spec.trial_id, spec, f"teacher {study.model} {study.teacher.epochs} epochs")
+
+
+def _teacher_done(study: Study, results_dir: Path) -> str | None:
+    """The trained teacher's weights when its stage is done (or not needed: ""), else None."""
     if not study.needs_teacher:
-        return None
+        return ""
     if study.teacher.checkpoint is not None:
         return str(Path(study.teacher.checkpoint).expanduser())
-    spec = teacher_spec(study)
-    trial = Trial(spec.trial_id, spec, f"teacher {study.model} {study.teacher.epochs} epochs")
+    trial = _teacher_trial(study)
     out = results_dir / "teacher"
     weights = out / f"{trial.trial_id}.safetensors"
     record = load_record(out, trial.trial_id)
     ok = isinstance(record, dict) and record.get("status") == "ok"
-    if ok and weights.is_file():
-        return str(weights)
+    return str(weights) if ok and weights.is_file() else None
+
+
+def prepare_teacher(study: Study, results_dir: Path, *, trial_fn: TrialFn | None = None,
+                    devices: Any = "auto", progress: bool = True) -> str | None:
+    """Stage 1: the teacher checkpoint (given, already trained, or trained now as a trial)."""
+    done = _teacher_done(study, results_dir)
+    if done is not None:
+        return done or None
+    trial = _teacher_trial(study)
+    out = results_dir / "teacher"
+    weights = out / f"{trial.trial_id}.safetensors"
+    record = load_record(out, trial.trial_id)
+    ok = isinstance(record, dict) and record.get("status") == "ok"
     if ok:
         record_path(out, trial.trial_id).unlink()  # weights lost: train it again
     _say(f"teacher: training {trial.label} ({trial.trial_id})")
     run_trials([trial], study=f"{study.name}-teacher", out_dir=out, trial_fn=trial_fn, workers=1,
                devices=devices, retries=study.run.retries, stale_after=study.run.stale_after,
-               progress=progress, retry_failed=True)
+               progress=progress, retry_failed=True, track=study.run.track, tracking_uri=study.run.tracking_uri,
+               track_root=results_dir.parent)
     record = load_record(out, trial.trial_id)
     record = record if isinstance(record, dict) else {}
     if record.get("status") != "ok" or not weights.is_file():
@@ -111,23 +128,64 @@ def prepare_bank(study: Study, expansion: Expansion, teacher: str | None, result
     if teacher is None or not pairs:
         return None
     path, key_file = results_dir / "bank.safetensors", results_dir / "bank.key"
-    key = hashlib.sha256(json.dumps({"teacher": _sha256(Path(teacher)), "pairs": pairs, "distill": study.distill,
-                                     "dataset": study.dataset, "data": study.data},
-                                    sort_keys=True, default=str).encode()).hexdigest()[:16]
+    key = _bank_key(study, pairs, teacher)
 
     def current() -> bool:
-        return path.is_file() and key_file.is_file() and key_file.read_text().strip() == key
+        return _bank_current(results_dir, key)
 
     # One runner builds the bank; others on the same results folder wait for it.
     while not current():
         claim = try_claim(results_dir / "claims", "bank", stale_after=study.run.stale_after)
         if claim is None:
+            if stop_requested():  # a worker told to stop does not wait for another's bank
+                raise RuntimeError(f"stopped ({stop_reason()}) while another runner builds the bank")
             time.sleep(2.0)
             continue
         with claim:
             if not current():
                 _build_bank(study, pairs, teacher, path, key_file, key, device, progress)
     return str(path)
+
+
+def _bank_key(study: Study, pairs: list[tuple[int, str]], teacher: str) -> str:
+    return hashlib.sha256(json.dumps({"teacher": _sha256(Path(teacher)), "pairs": pairs, "distill": study.distill,
+                                      "dataset": study.dataset, "data": study.data},
+                                     sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _bank_current(results_dir: Path, key: str) -> bool:
+    path, key_file = results_dir / "bank.safetensors", results_dir / "bank.key"
+    return path.is_file() and key_file.is_file() and key_file.read_text().strip() == key
+
+
+def stages_pending(study: Study, expansion: Expansion, results_dir: Path) -> list[str]:
+    """The stages before the trials that still have to run: "teacher", "bank", "features" (none: [])."""
+    teacher = _teacher_done(study, results_dir)
+    pairs = _bank_pairs(expansion)
+    wants_features = study.predict.features and bool(feature_pairs(expansion))
+    if teacher is None:
+        return ["teacher"] + (["bank"] if pairs else []) + (["features"] if wants_features else [])
+    if not teacher:
+        return []
+    pending = []
+    bank: str | None = None
+    if pairs:
+        if _bank_current(results_dir, _bank_key(study, pairs, teacher)):
+            bank = str(results_dir / "bank.safetensors")
+        else:
+            pending.append("bank")
+    if wants_features and ("bank" in pending or not features_current(study, expansion, teacher, bank, results_dir)):
+        pending.append("features")
+    return pending
+
+
+def prepare_stages(study: Study, expansion: Expansion, results_dir: Path, *, trial_fn: TrialFn | None = None,
+                   progress: bool = True) -> tuple[str | None, str | None, str | None]:
+    """The stages before the trials (teacher, bank, features), each under its claim; their paths (or None)."""
+    teacher = prepare_teacher(study, results_dir, trial_fn=trial_fn, devices=study.run.devices, progress=progress)
+    bank = prepare_bank(study, expansion, teacher, results_dir, progress=progress)
+    features = prepare_features(study, expansion, teacher, bank, results_dir)
+    return teacher, bank, features
 
 
 def _build_bank(study: Study, pairs: list[tuple[int, str]], teacher: str, path: Path, key_file: Path, key: str,
@@ -175,18 +233,20 @@ def run_study(study: Study, *, results_dir: str | Path = "results", trial_fn: Tr
     run = study.run
     run = run.model_copy(update={"workers": workers or run.workers, "backend": backend or run.backend,
                                  "address": address or run.address})
+    if run.backend == "slurm":
+        raise ValueError("backend slurm submits a job array of workers; use opswap.study.slurm.submit_study "
+                         "(`opswap run --backend slurm`), or run this study with backend loky or dask")
     root = Path(results_dir) / study.name
     expansion = expand_study(study)
     _say(plan(study, expansion, root, run.retries))
     root.mkdir(parents=True, exist_ok=True)
-    teacher = prepare_teacher(study, root, trial_fn=trial_fn, devices=run.devices, progress=progress)
-    bank = prepare_bank(study, expansion, teacher, root, progress=progress)
-    features = prepare_features(study, expansion, teacher, bank, root)
+    teacher, bank, features = prepare_stages(study, expansion, root, trial_fn=trial_fn, progress=progress)
     try:
         summary = run_trials(order_trials(study, expansion, root), study=study.name, out_dir=root, trial_fn=trial_fn,
                              workers=run.workers, backend=run.backend, address=run.address, devices=run.devices,
                              retries=run.retries, retry_failed=retry_failed, stale_after=run.stale_after,
-                             teacher=teacher, bank=bank, progress=progress)
+                             teacher=teacher, bank=bank, progress=progress, trials_per_device=run.trials_per_device,
+                             track=run.track, tracking_uri=run.tracking_uri, track_root=Path(results_dir))
     except KeyboardInterrupt:
         _say(f"\n{study.name}: interrupted; finished trials are kept, run the same command again to finish the rest")
         raise
@@ -194,6 +254,11 @@ def run_study(study: Study, *, results_dir: str | Path = "results", trial_fn: Tr
     counts = ", ".join(f"{n} {k}" for k, n in sorted(summary.counts.items())) or "nothing to run"
     _say(f"{study.name}: {counts}; records in {root}" + (f", summary {csv}" if csv else ""))
     return StudyRun(study.name, str(root), expansion, summary, teacher, bank, csv, features)
+
+
+def _slurm_processes(study: Study) -> int:
+    """Worker processes of one array task: one per GPU slot (or one without GPUs)."""
+    return max(1, study.run.slurm.gpus_per_task) * study.run.trials_per_device
 
 
 def plan(study: Study, expansion: Expansion, root: Path, retries: int) -> str:
@@ -224,7 +289,9 @@ def study_status(study: Study, results_dir: str | Path = "results") -> StudyStat
     mean = sum(seconds) / len(seconds) if seconds else None
     slots = resolve_devices(study.run.devices)
     workers = study.run.workers if study.run.workers != "auto" else \
-        (len(slots) if slots[0] != "cpu" else max(1, (os.cpu_count() or 1) // 4))
+        (len(slots) * study.run.trials_per_device if slots[0] != "cpu" else max(1, (os.cpu_count() or 1) // 4))
+    if study.run.backend == "slurm":  # the array's workers: tasks × worker processes per task
+        workers = min(study.run.slurm.array, study.run.slurm.parallel or study.run.slurm.array) * _slurm_processes(study)
     left = counts["pending"] + counts["preempted"] + counts["corrupt"] + counts["running"] * 0.5
     eta = mean * left / max(1, int(workers)) if mean is not None else None
     return StudyStatus(study.name, len(expansion.trials), counts, mean, eta)
