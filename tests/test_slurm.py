@@ -128,6 +128,8 @@ init = ["random"]
 seeds = [0, 1]
 [teacher]
 epochs = 1
+[predict]
+features = false  # the fake trials write no loadable teacher
 [run]
 backend = "slurm"
 devices = "cpu"
