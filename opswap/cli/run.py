@@ -36,7 +36,7 @@ def main(args: argparse.Namespace) -> int:
     study = load_study(args.study, list(args.overrides) + extra)
     root = Path(args.results) / study.name
     if args.dry_run:
-        expansion = expand_study(study)
+        expansion = expand_study(study, root)
         print(plan(study, expansion, root, study.run.retries))
         for t in expansion.trials:
             state = trial_state(root, t.trial_id, retries=study.run.retries, stale_after=study.run.stale_after)

@@ -1,4 +1,5 @@
-"""Running a study in stages — teacher → distillation bank → trials → summary.
+"""Running a study in stages — teacher → distillation bank → (assemble studies: costs and picks,
+`opswap.study.assembly`) → trials → summary.
 
 Each stage is idempotent, in the manner of pycls/NASLib: the teacher is a trial (skipped when its
 record and weights exist), the LANA weight bank is rebuilt only when its inputs change, trials
@@ -18,6 +19,7 @@ from typing import Any
 
 from opswap.atomic import atomic_path, write_text
 from opswap.run.record import load_record, record_path
+from opswap.study.assembly import bank_pairs, plan_trial_fn, prepare_plan
 from opswap.study.claims import try_claim
 from opswap.study.execute import RunSummary, TrialFn, resolve_devices, run_trials, trial_state
 from opswap.study.schema import Study
@@ -104,7 +106,7 @@ def _bank_pairs(expansion: Expansion) -> list[tuple[int, str]]:
 def prepare_bank(study: Study, expansion: Expansion, teacher: str | None, results_dir: Path, *,
                  device: str | None = None, progress: bool = True) -> str | None:
     """Stage 2: the LANA weight bank of every (position, op) pair the trials need, with scores."""
-    pairs = _bank_pairs(expansion)
+    pairs = bank_pairs(study) if study.kind == "assemble" else _bank_pairs(expansion)
     if teacher is None or not pairs:
         return None
     path, key_file = results_dir / "bank.safetensors", results_dir / "bank.key"
@@ -173,11 +175,16 @@ def run_study(study: Study, *, results_dir: str | Path = "results", trial_fn: Tr
     run = run.model_copy(update={"workers": workers or run.workers, "backend": backend or run.backend,
                                  "address": address or run.address})
     root = Path(results_dir) / study.name
-    expansion = expand_study(study)
+    expansion = expand_study(study, root)
     _say(plan(study, expansion, root, run.retries))
     root.mkdir(parents=True, exist_ok=True)
     teacher = prepare_teacher(study, root, trial_fn=trial_fn, devices=run.devices, progress=progress)
     bank = prepare_bank(study, expansion, teacher, root, progress=progress)
+    if study.kind == "assemble":  # costs and picks, then the trials they give
+        plan_file = prepare_plan(study, teacher, bank, root, device=resolve_devices(run.devices)[0],
+                                 stale_after=run.stale_after)
+        expansion, trial_fn = expand_study(study, root), plan_trial_fn(plan_file, trial_fn)
+        _say(plan(study, expansion, root, run.retries))
     try:
         summary = run_trials(expansion.trials, study=study.name, out_dir=root, trial_fn=trial_fn,
                              workers=run.workers, backend=run.backend, address=run.address, devices=run.devices,
@@ -208,7 +215,7 @@ def plan(study: Study, expansion: Expansion, root: Path, retries: int) -> str:
 def study_status(study: Study, results_dir: str | Path = "results") -> StudyStatus:
     """Counts of done / running / failed / pending trials and an estimate of the time left."""
     root = Path(results_dir) / study.name
-    expansion = expand_study(study)
+    expansion = expand_study(study, root)
     counts = {"done": 0, "running": 0, "failed": 0, "pending": 0, "preempted": 0, "corrupt": 0}
     seconds = []
     for t in expansion.trials:
