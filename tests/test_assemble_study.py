@@ -260,3 +260,61 @@ devices = "cpu"
     assert "milp (replace1)" in readme and "teacher fine-tuned" in readme
     assert (index.parent / "assembly-accuracy-vs-cost.png").is_file()
     assert "0 of " in readme  # every expected trial is there
+
+
+def _assembled_records():
+    """Hand-made records of an assemble study: known accuracies, predictions and costs."""
+    from record_factory import make_record
+
+    records = [make_record(test_acc=a, seed=s, epochs=2) for s, a in enumerate([80.0, 81.0])]
+    rng = np.random.default_rng(0)
+    picks = [("milp", "replace1", "1:identity", 78.0, -2.0), ("greedy", "replace1", "2:identity", 76.0, -3.0)]
+    picks += [("random", None, f"{p}:mbconv_e6_k3", 70.0 + p, -6.0 + p) for p in (1, 2, 3)]
+    for budget in ("macs=0.5", "macs=0.7"):
+        for by, objective, assignment, acc, score in picks:
+            for seed in (0, 1):
+                macs = 600_000 if by == "milp" else 650_000
+                record = make_record(test_acc=acc + seed + rng.normal(0, 0.1), seed=seed, epochs=2, init="lana",
+                                     predicted_score=score, predicted_acc=82 + score, assembled_acc=60 + 2 * score,
+                                     score_replace1=score, predicted_macs=macs, measured_macs=macs,
+                                     measured_macs_fraction=macs / 1e6, predicted_latency_b1=1.0,
+                                     measured_latency_b1=1.25, measured_latency_b1_fraction=0.5)
+                record["settings"].update(assignment=[[int(assignment[0]), assignment[2:]]], picked_by=by,
+                                          budget=budget, objective=objective, seed=seed)
+                record["trial_id"] = f"{budget}-{by}-{assignment}-{seed}"
+                records.append(record)
+    return records
+
+
+def test_report_section_numbers(tmp_path):
+    from scipy import stats
+
+    from opswap.analysis.results import load_results
+    from opswap.report import write_report
+    from opswap.report.assembly import additivity_table, cost_error_table, pick_table, welch_table
+    from record_factory import write_records
+
+    frame = load_results(write_records(tmp_path / "r", _assembled_records()))
+    assert frame["assignment"].dropna().str.contains(":").all()
+    picks = pick_table(frame)
+    milp = picks[(picks["budget"] == "macs=0.5") & (picks["picked by"] == "milp (replace1)")].iloc[0]
+    assert milp["test acc (%)"].startswith("78.5") and milp["test acc (%)"].endswith("(n=2)")
+    assert milp["Δ vs teacher fine-tuned"] == "-2.00"
+    welch = welch_table(frame)
+    row = welch[(welch["budget"] == "macs=0.5") & (welch["vs"] == "random")].iloc[0]
+    part = frame[frame["budget"] == "macs=0.5"]
+    want = stats.ttest_ind(part[part["picked_by"] == "milp"]["test_acc"], part[part["picked_by"] == "random"]["test_acc"],
+                           equal_var=False)
+    assert row["Welch t"] == f"{want.statistic:.2f}" and (row["n MILP"], row["n other"]) == (2, 6)
+    costs = cost_error_table(frame).set_index("cost")
+    assert costs.loc["MACs", "exact"] == "yes" and costs.loc["latency, batch 1", "mean error (%)"] == "-20.00"
+    additivity = additivity_table(frame)
+    before = additivity[additivity["accuracy"] == "before fine-tuning"].iloc[0]
+    assert before["Spearman ρ"] == "1.00" and before["networks"] == 5
+    assert before["|predicted − actual| (pp)"] == "25.40 (bias +25.40)"
+    index = write_report(tmp_path / "r", tmp_path / "report")
+    html, readme = index.read_text(), (index.parent / "README.md").read_text()
+    assert "<h2>Assembly</h2>" in html and "data:image/png;base64" in html
+    assert readme.index("## Assembly") < readme.index("## Settings")
+    # The generic tables do not take assembled networks for the baseline.
+    assert readme.count("(n=2)") >= 1 and "assembly-additivity.png" in readme

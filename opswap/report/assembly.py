@@ -174,7 +174,12 @@ def _rho_with_interval(x: np.ndarray, y: np.ndarray) -> tuple[float, float, floa
         warnings.simplefilter("ignore")
         result = stats.bootstrap((x, y), _spearman, paired=True, vectorized=False, n_resamples=999,
                                  confidence_level=0.95, method="percentile", random_state=0)
-    return rho, p, float(result.confidence_interval.low), float(result.confidence_interval.high)
+    # Resamples with a constant side have no ρ: the percentiles are taken over the others.
+    values = np.asarray(result.bootstrap_distribution, dtype=float)
+    if np.isfinite(values).mean() < 0.5:
+        return rho, p, math.nan, math.nan
+    low, high = np.nanpercentile(values, [2.5, 97.5])
+    return rho, p, float(low), float(high)
 
 
 def additivity_table(frame: pd.DataFrame) -> pd.DataFrame:
@@ -243,10 +248,12 @@ def predicted_vs_actual(frame: pd.DataFrame) -> Figure:
     networks = networks.assign(method=networks["assignment"].map(method))
     figure = Figure(figsize=(11, 4.2), layout="constrained")
     axes = figure.subplots(1, 2)
+    order = sorted(data["method"].unique(), key=_order)  # the colours of the accuracy-vs-cost figure
     for ax, (target, title) in zip(axes, [("assembled_acc", "before fine-tuning"),
                                           ("test_acc", "after fine-tuning (seed mean)")]):
         part = networks.drop_duplicates("assignment") if target == "assembled_acc" else networks
-        sns.scatterplot(data=part, x="predicted_acc", y=target, hue="method", s=45, ax=ax, legend=ax is axes[-1])
+        sns.scatterplot(data=part, x="predicted_acc", y=target, hue="method", hue_order=order, s=45, alpha=0.8,
+                        ax=ax, legend=ax is axes[-1])
         if target == "assembled_acc":
             values = part[["predicted_acc", target]].astype(float).to_numpy().ravel()
             values = values[np.isfinite(values)]
