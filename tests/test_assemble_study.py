@@ -3,6 +3,7 @@ trial specs and models, and a tiny end-to-end run with its report section."""
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -294,7 +295,12 @@ def test_report_section_numbers(tmp_path):
     from opswap.report.assembly import additivity_table, cost_error_table, pick_table, welch_table
     from record_factory import write_records
 
-    frame = load_results(write_records(tmp_path / "r", _assembled_records()))
+    folder = write_records(tmp_path / "r", _assembled_records())
+    (folder / "assembly.json").write_text("{}")  # an assemble study's plan and cost table are not records
+    (folder / "bank.costs.json").write_text("{}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        frame = load_results(folder)
     assert frame["assignment"].dropna().str.contains(":").all()
     picks = pick_table(frame)
     milp = picks[(picks["budget"] == "macs=0.5") & (picks["picked by"] == "milp (replace1)")].iloc[0]
@@ -312,7 +318,7 @@ def test_report_section_numbers(tmp_path):
     before = additivity[additivity["accuracy"] == "before fine-tuning"].iloc[0]
     assert before["Spearman ρ"] == "1.00" and before["networks"] == 5
     assert before["|predicted − actual| (pp)"] == "25.40 (bias +25.40)"
-    index = write_report(tmp_path / "r", tmp_path / "report")
+    index = write_report(folder, tmp_path / "report")
     html, readme = index.read_text(), (index.parent / "README.md").read_text()
     assert "<h2>Assembly</h2>" in html and "data:image/png;base64" in html
     assert readme.index("## Assembly") < readme.index("## Settings")
