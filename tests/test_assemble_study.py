@@ -169,7 +169,6 @@ def tiny_bank(tmp_path_factory):
 
 
 def test_assembled_trial_model_is_teacher_plus_bank_entries(tiny_bank):
-    from opswap.assemble import CostTable, Cost
     from opswap.assemble.problem import Solution
     from opswap.run.trial import _build
 

@@ -15,7 +15,6 @@ are stable and a rerun resumes. Each trial's record gets the plan's predictions 
 from __future__ import annotations
 
 import functools
-import hashlib
 import inspect
 import json
 import logging
@@ -359,8 +358,3 @@ def pick_metrics(pick: Mapping[str, Any], plan: Mapping[str, Any]) -> dict[str, 
     out.update({f"teacher_{k}": v for k, v in plan["teacher_costs"].items() if not k.endswith("_iqr")})
     return out
 
-
-def plan_digest(plan: Mapping[str, Any]) -> str:
-    """A short hash of a plan's picks (for logs and provenance)."""
-    text = json.dumps(plan.get("budgets", {}), sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
