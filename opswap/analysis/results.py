@@ -60,6 +60,13 @@ def op_params_text(params: dict | None) -> str | None:
     return ",".join(f"{k}={v}" for k, v in sorted(params.items()))
 
 
+def assignment_text(assignment) -> str | None:
+    """An assembled network's `[[2, "identity"], [5, "mbconv_e6_k3"]]` → `"2:identity,5:mbconv_e6_k3"`."""
+    if assignment is None:
+        return None
+    return ",".join(f"{p}:{op}" for p, op in assignment) or "teacher"
+
+
 def _flatten(record: dict) -> dict:
     """One record → one flat row."""
     settings = dict(record.get("settings") or {})
@@ -68,6 +75,8 @@ def _flatten(record: dict) -> dict:
     for key, value in settings.items():
         if key == "op_params":
             row["op_params"] = op_params_text(value)
+        elif key == "assignment":
+            row["assignment"] = assignment_text(value)
         elif isinstance(value, dict):
             row.update({f"{key}_{k}": _scalar(v) for k, v in value.items()})
         else:

@@ -9,13 +9,13 @@ cost estimated additively from per-(position, op) costs; plus baselines at the s
 """
 from opswap.assemble.baselines import greedy_assignment, random_assignments, uniform_assignments
 from opswap.assemble.budget import Budget, BudgetError, format_cost, parse_budget, parse_budgets
-from opswap.assemble.costs import (METRICS, Cost, CostTable, costs_path, measure_costs, measured_cost,
-                                   network_cost)
+from opswap.assemble.costs import (METRICS, Cost, CostTable, costs_path, load_or_measure_costs, measure_costs,
+                                   measured_cost, network_cost)
 from opswap.assemble.milp import assemble, solve
 from opswap.assemble.problem import Problem, Solution, Solutions, build_problem
 from opswap.assemble.scores import list_objectives, objective_scores, register_objective
 
 __all__ = ["assemble", "solve", "Solution", "Solutions", "Problem", "build_problem", "Budget", "BudgetError",
            "parse_budget", "parse_budgets", "format_cost", "METRICS", "Cost", "CostTable", "measure_costs",
-           "measured_cost", "network_cost", "costs_path", "register_objective", "list_objectives",
+           "measured_cost", "network_cost", "costs_path", "load_or_measure_costs", "register_objective", "list_objectives",
            "objective_scores", "random_assignments", "greedy_assignment", "uniform_assignments"]

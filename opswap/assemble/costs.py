@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 __all__ = ["METRICS", "Cost", "CostTable", "measure_costs", "network_cost", "measured_cost", "costs_path",
-           "device_name"]
+           "device_name", "stale_reason", "load_or_measure_costs"]
 
 # Budget metrics: counts, and milliseconds per forward of one batch.
 METRICS = ("params", "macs", "latency_b1", "latency_batch")
@@ -171,6 +171,46 @@ def device_name(device: str | torch.device) -> str:
     except OSError:
         pass
     return f"{cpu} ({torch.get_num_threads()} threads)"
+
+
+def stale_reason(costs: CostTable, teacher: nn.Module, bank: Any, device: str | torch.device) -> str | None:
+    """Why a stored cost table cannot serve this teacher, bank and device (None: it can)."""
+    from opswap.distill.bank import teacher_fingerprint
+
+    device = torch.device(device)
+    if costs.teacher_fingerprint is not None and costs.teacher_fingerprint != teacher_fingerprint(teacher):
+        return "it was measured on another teacher"
+    if torch.device(costs.device) != device or costs.device_name != device_name(device):
+        return f"it was measured on {costs.device} ({costs.device_name}), not {device} ({device_name(device)})"
+    missing = costs.missing(bank.keys())
+    if missing:
+        shown = ", ".join(f"{p}:{o}" for p, o in missing[:5]) + (" …" if len(missing) > 5 else "")
+        return f"it lacks {len(missing)} pairs of the bank ({shown})"
+    return None
+
+
+def load_or_measure_costs(teacher: nn.Module, bank: Any, path: str | Path, *, device: str | torch.device = "cpu",
+                          save: bool = True, **measure: Any) -> tuple[CostTable, str]:
+    """The cost table at `path` when it covers the bank and matches the device, else measured anew.
+
+    Returns (table, what happened); a new table is written to `path` when `save`. `measure` goes
+    to `measure_costs` (batch_sizes, min_run_time, model_name).
+    """
+    path = Path(path)
+    why = "no cost table yet"
+    if path.is_file():
+        try:
+            why = stale_reason(CostTable.load(path), teacher, bank, device)
+        except (ValueError, KeyError, TypeError, json.JSONDecodeError) as err:
+            why = f"it cannot be read ({err})"
+        if why is None and "batch_sizes" in measure and tuple(measure["batch_sizes"]) != CostTable.load(path).batch_sizes:
+            why = f"it was timed at batch sizes {CostTable.load(path).batch_sizes}, not {tuple(measure['batch_sizes'])}"
+        if why is None:
+            return CostTable.load(path), f"reused {path}"
+    costs = measure_costs(teacher, bank, device=device, **measure)
+    if save:
+        costs.save(path)
+    return costs, f"measured on {device} ({why})" + (f", saved to {path}" if save else "")
 
 
 # -- measuring ------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "positions": ("opswap.cli.positions", "list a model's block positions and the candidates that fit"),
     "train": ("opswap.cli.train", "train one model (one run) and write its record"),
     "distill": ("opswap.cli.distill", "distil candidates into a weight bank from a teacher checkpoint"),
+    "assemble": ("opswap.cli.assemble", "pick the best network within a budget from a weight bank (MILP)"),
     "export-csr": ("opswap.cli.export_csr", "export a checkpoint's weights as CSR arrays (safetensors)"),
     "run": ("opswap.cli.run", "run a study (TOML file): all trials, resumable"),
     "status": ("opswap.cli.status", "show a study's progress: done / running / failed / pending"),

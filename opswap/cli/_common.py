@@ -39,7 +39,7 @@ def report_context(study, results_dir: Path):
     teacher_dir = Path(results_dir) / "teacher"
     teacher = load_results(teacher_dir) if teacher_dir.is_dir() and any(teacher_dir.glob("*.json")) else None
     try:
-        expansion = expand_study(study)
+        expansion = expand_study(study, results_dir)
     except ValueError as err:  # the report is still written for a study it cannot expand
         return ReportContext(study=study.name, note=f"expected trials unknown ({err})", study_file=str(path),
                              study_text=text, overrides=study.overrides, teacher=teacher)

@@ -49,7 +49,7 @@ def main(args: argparse.Namespace) -> int:
     study = load_study(args.study, list(args.overrides) + extra)
     root = Path(args.results) / study.name
     if args.dry_run:
-        expansion = expand_study(study)
+        expansion = expand_study(study, root)
         print(plan(study, expansion, root, study.run.retries))
         for t in expansion.trials:
             state = trial_state(root, t.trial_id, retries=study.run.retries, stale_after=study.run.stale_after)
@@ -83,7 +83,7 @@ def _slurm(args: argparse.Namespace, study, root: Path) -> int:
     from opswap.study.slurm import submit_study, wait_for
     from opswap.study.stages import plan, study_status, write_summary
 
-    expansion = expand_study(study)
+    expansion = expand_study(study, root)
     log.info(plan(study, expansion, root, study.run.retries))
     submission = submit_study(study, args.results, array=args.workers)
     print(f"submitted job array {submission.array_id} ({len(submission.job_ids)} tasks"

@@ -53,7 +53,7 @@ def _workers(study, root: Path) -> None:
     from opswap.study.slurm import array_status
     from opswap.study.worker import running_hosts
 
-    hosts = running_hosts(root, expand_study(study).trials, study.run.stale_after)
+    hosts = running_hosts(root, expand_study(study, root).trials, study.run.stale_after)
     if hosts:
         print("running on: " + ", ".join(f"{h} ({n})" for h, n in sorted(hosts.items())))
     array = array_status(root)

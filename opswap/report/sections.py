@@ -22,6 +22,7 @@ import pandas as pd
 
 from opswap.analysis import figures, predict, tables
 from opswap.analysis.results import SETTING_COLUMNS
+from opswap.report.assembly import assembly_blocks, is_assembly
 from opswap.report.blocks import Block
 from opswap.report.prediction import predictability_section
 
@@ -114,6 +115,10 @@ def sections(frame: pd.DataFrame, history: pd.DataFrame, context: ReportContext,
         frame = frame[frame["trial_id"].isin(expected)]
         history = history[history["trial_id"].isin(expected)]
     sections: dict[str, list[Block]] = {}
+    if is_assembly(frame):  # assembled networks get their own section; the generic ones see the rest
+        sections["Assembly"] = assembly_blocks(frame)
+        frame = frame[frame["picked_by"].isna() | (frame["status"] != "ok")]
+        history = history[history["trial_id"].isin(frame["trial_id"])]
     ok = frame[frame["status"] == "ok"]
     sections["Settings"] = [Block("table", _settings_table(frame), "settings of the trials")]
     if context.study_text is not None:

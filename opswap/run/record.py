@@ -172,6 +172,11 @@ def record_state(record, *, retries: int = 1) -> str:
     return "failed" if int(record.get("attempt") or 1) > retries else "retry"
 
 
+def _side_file(name: str) -> bool:
+    """JSON beside the records that is not one: an assemble study's plan, a bank's cost table."""
+    return name == "assembly.json" or name.endswith(".costs.json")
+
+
 def record_files(path: str | Path | Iterable[str | Path]) -> list[Path]:
     """The record files of a results directory (not its subfolders), a file, or a list of them."""
     if not isinstance(path, (str, Path)):
@@ -183,7 +188,7 @@ def record_files(path: str | Path | Iterable[str | Path]) -> list[Path]:
         raise FileNotFoundError(
             f"results path {str(path)!r} does not exist: give a results directory "
             "(results/<study>/) or a trial record (.json)")
-    files = sorted(p for p in path.glob("*.json") if not p.name.startswith("."))
+    files = sorted(p for p in path.glob("*.json") if not p.name.startswith(".") and not _side_file(p.name))
     if not files and not any((path / d).is_dir() for d in ("claims", "logs", "teacher")):
         studies = sorted(d.name for d in path.iterdir() if d.is_dir() and any(d.glob("*.json")))
         if studies:

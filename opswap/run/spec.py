@@ -23,7 +23,7 @@ from opswap.sparse.methods import PRUNE_METHODS, check_prune_options
 from opswap.training import TrainConfig
 
 __all__ = ["TrialSpec", "PruneConfig", "Init", "TrialKind", "INITS", "TRIAL_KINDS", "trial_id_for",
-           "model_positions", "TRAIN_KEYS"]
+           "model_positions", "TRAIN_KEYS", "ASSEMBLY_KEYS"]
 
 Init = Literal["scratch", "teacher", "lana", "random"]
 TrialKind = Literal["train", "traditional"]
@@ -37,6 +37,9 @@ TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name not
 # precision "auto" replaced amp = true and channels_last = true; compile None (on CUDA only)
 # replaced compile = false.
 _ID_LEGACY_TRAIN = {"precision": ("auto", {"amp": True, "channels_last": True}), "compile": (None, {"compile": False})}
+# The settings of an assembled network (one op per position, LANA phase 2), stored and hashed
+# only when an assignment is set: the ids of single-position trials stay what they were.
+ASSEMBLY_KEYS = ("assignment", "picked_by", "budget", "objective")
 
 
 @functools.lru_cache(maxsize=8)
@@ -104,6 +107,13 @@ class TrialSpec:
     save_weights: bool = False
     teacher: str | None = None  # what the trial's teacher is: "trained:<id>" or "checkpoint:sha256:…"
     method: str | None = None   # the method label of a methods study
+    # An assembled network: the teacher with a bank entry at each (position, op) listed (sorted,
+    # teacher's block elsewhere), how it was picked (milp | random | greedy | uniform), under which
+    # budget text, by which objective (None for picks that use no scores).
+    assignment: tuple[tuple[int, str], ...] | None = None
+    picked_by: str | None = None
+    budget: str | None = None
+    objective: str | None = None
     op_family: str = field(default="baseline", init=False)
     op_params: dict[str, Any] = field(default_factory=dict, init=False)
 
@@ -141,9 +151,61 @@ class TrialSpec:
         object.__setattr__(self, "op", spec.name)
         object.__setattr__(self, "op_family", spec.family)
         object.__setattr__(self, "op_params", dict(spec.kwargs))
+        self._check_assembly_fields()
         if self.kind == "traditional":
             return
         self._check_network()
+        if self.assignment is not None:
+            self._check_assignment()
+
+    def _check_assembly_fields(self) -> None:
+        """An assignment as sorted ((position, canonical op), ...); its labels only with it."""
+        if self.assignment is None:
+            given = [k for k in ASSEMBLY_KEYS[1:] if getattr(self, k) is not None]
+            if given:
+                raise ValueError(f"trial settings {', '.join(given)} describe an assembled network and need "
+                                 "an assignment, e.g. assignment = [[2, \"identity\"], [5, \"mbconv\"]]")
+            return
+        pairs = []
+        for item in self.assignment:
+            if not isinstance(item, (tuple, list)) or len(item) != 2 or isinstance(item[0], bool) \
+                    or not isinstance(item[0], int) or not isinstance(item[1], str):
+                raise ValueError(f"assignment entry {item!r} is invalid; each entry is [position, op], "
+                                 "e.g. [2, \"identity\"]")
+            pairs.append((item[0], parse_op(item[1]).name))
+        positions = [p for p, _ in pairs]
+        if len(set(positions)) != len(positions):
+            raise ValueError(f"assignment {pairs!r} names a position twice; one op per position")
+        object.__setattr__(self, "assignment", tuple(sorted(pairs)))
+        for key in ("picked_by", "budget", "objective"):
+            value = getattr(self, key)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise ValueError(f"trial setting {key} = {value!r} is invalid; allowed: a non-empty string")
+        if self.picked_by is None:
+            raise ValueError("an assignment needs picked_by (milp | random | greedy | uniform | ...)")
+
+    def _check_assignment(self) -> None:
+        """Every (position, op) of the assignment fits the model; the rest of the spec is the teacher's."""
+        from opswap.substitution import valid_ops
+
+        if self.position is not None or self.op != "baseline":
+            raise ValueError("an assembled network takes its ops from assignment; leave position and op unset")
+        if self.init != "lana":
+            raise ValueError(f"an assembled network is the teacher with weight-bank entries: init 'lana', "
+                             f"not {self.init!r}")
+        if self.prune.active:
+            raise ValueError("an assembled network is trained dense; sparsity must be 0")
+        model, table = model_positions(self.model, self.num_classes)
+        for position, op in self.assignment:
+            if not 1 <= position <= len(table):
+                raise ValueError(f"assignment position {position} is not valid for {self.model}; positions are "
+                                 f"1..{len(table)}")
+            if op == "baseline":
+                raise ValueError(f"assignment position {position}: list only replaced positions, not 'baseline'")
+            if op not in valid_ops(model, position, [op]):
+                p = table[position - 1]
+                raise ValueError(f"assignment: op {op!r} does not fit position {position} of {self.model} "
+                                 f"({p.c_in}→{p.c_out} channels, stride {p.stride})")
 
     def _check_network(self) -> None:
         """The model exists, the position is in range and the op fits there."""
@@ -213,7 +275,15 @@ class TrialSpec:
                 "prune": self.prune.method, "prune_options": dict(self.prune.options),
                 "distill": self.distill.to_dict() if self.distill is not None else {},
                 "latency_batch_size": self.latency_batch_size, "save_weights": self.save_weights,
-                "teacher": self.teacher, "method": self.method, "train": train}
+                "teacher": self.teacher, "method": self.method, "train": train,
+                **self._assembly_settings()}
+
+    def _assembly_settings(self) -> dict[str, Any]:
+        """The assembly keys, present only for an assembled network (so other ids never change)."""
+        if self.assignment is None:
+            return {}
+        return {"assignment": [[p, op] for p, op in self.assignment], "picked_by": self.picked_by,
+                "budget": self.budget, "objective": self.objective}
 
     @property
     def trial_id(self) -> str:

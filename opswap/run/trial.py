@@ -1,7 +1,8 @@
 """One run, from a `TrialSpec` to its record: the path shared by `opswap train` and every study trial.
 
 A trial builds the network (from scratch, or the teacher with a candidate at one position,
-initialised LANA-style from the weight bank or at random), optionally makes it sparse (DSR,
+initialised LANA-style from the weight bank or at random, or the teacher with bank entries at
+several positions: an assembled network), optionally makes it sparse (DSR,
 Mostafa & Wang 2019), trains it with `opswap.training.train`, measures it and returns one record
 (docs/records.md). Failures become records too: status `failed` with a one-line reason, or
 `diverged`. The caller writes the record (`opswap.run.record.write_record`), once.
@@ -16,7 +17,7 @@ from pathlib import Path
 from opswap.run.record import json_safe, new_record, now
 from opswap.run.spec import TrialSpec
 
-__all__ = ["run_trial", "check_inputs", "check_safetensors"]
+__all__ = ["run_trial", "check_inputs", "check_safetensors", "assembled_model"]
 
 
 @functools.lru_cache(maxsize=2)
@@ -37,7 +38,8 @@ def check_inputs(spec: TrialSpec, *, teacher: str | None = None, bank: str | Non
     if needs_teacher and teacher is None:
         why = f"init {spec.init!r}" if spec.init != "scratch" else "train.kd_weight > 0"
         raise ValueError(f"{why} needs a teacher checkpoint (safetensors); none was given")
-    if spec.kind == "train" and spec.init == "lana" and spec.position is not None and bank is None:
+    if spec.kind == "train" and spec.init == "lana" and (spec.position is not None or spec.assignment) \
+            and bank is None:
         raise ValueError("init 'lana' needs a weight bank (opswap distill writes one); none was given")
     if needs_teacher:
         check_safetensors(teacher, "teacher checkpoint")
@@ -74,6 +76,8 @@ def _build(spec: TrialSpec, num_classes: int, teacher: str | None, bank: str | N
         model = build_model(spec.model, num_classes=num_classes)
         return (swap(model, {spec.position: spec.op}) if swapped else model), extra
     base = load_weights(build_model(spec.model, num_classes=num_classes), teacher)
+    if spec.assignment is not None:
+        return assembled_model(base, bank, spec.assignment), extra
     if spec.init == "teacher" or spec.position is None:
         return base, extra
     if spec.init == "random":
@@ -84,6 +88,23 @@ def _build(spec: TrialSpec, num_classes: int, teacher: str | None, bank: str | N
     entry = weights.entry(spec.position, spec.op)
     extra = {"distill_loss": entry.distill_loss, "replace1_acc": entry.replace1_acc}
     return substituted_model(base, weights, spec.position, spec.op), extra
+
+
+def assembled_model(teacher, bank, assignment):
+    """The teacher with the weight bank's entry at every (position, op) of `assignment` (LANA phase 2)."""
+    from opswap.distill import WeightBank
+    from opswap.ops import create_op
+    from opswap.substitution import swap
+
+    weights = bank if isinstance(bank, WeightBank) else WeightBank.load(bank)
+    weights.check_teacher(teacher)
+    modules = {}
+    for position, op in assignment:
+        entry = weights.entry(position, op)
+        module = create_op(entry.op, entry.c_in, entry.c_out, entry.stride)
+        module.load_state_dict(entry.state_dict)
+        modules[position] = module
+    return swap(teacher, modules) if modules else teacher
 
 
 def _sparsify(model, spec: TrialSpec, total_steps: int):

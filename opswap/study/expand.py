@@ -61,8 +61,11 @@ def _common(study: Study) -> dict[str, Any]:
 
 
 def teacher_spec(study: Study) -> TrialSpec:
-    """The study's teacher: the baseline network from scratch, weights saved."""
-    return TrialSpec.create(**_common(study), position=None, op="baseline", init="scratch",
+    """The study's teacher: the baseline network from scratch, weights saved (no KD from itself)."""
+    common = _common(study)
+    if common["train"].get("kd_weight", 0) > 0:
+        common["train"] = {k: v for k, v in common["train"].items() if k not in ("kd_weight", "kd_temperature")}
+    return TrialSpec.create(**common, position=None, op="baseline", init="scratch",
                             seed=study.teacher.seed, epochs=study.teacher.epochs, save_weights=True)
 
 
@@ -153,6 +156,20 @@ def _unique(trials: list[Trial]) -> tuple[Trial, ...]:
     return tuple(seen.values())
 
 
-def expand_study(study: Study) -> Expansion:
-    """The trials of a study, in a stable order, and the pairs it skips."""
+def _assembly(study: Study, results_dir) -> Expansion:
+    from opswap.study.assembly import assembly_trials
+
+    items = assembly_trials(study, results_dir, base=_common(study), teacher=teacher_ref(study),
+                            distill=DistillConfig(**study.distill).to_dict())
+    return Expansion(_unique([_trial(settings, label) for settings, label in items]))
+
+
+def expand_study(study: Study, results_dir=None) -> Expansion:
+    """The trials of a study, in a stable order, and the pairs it skips.
+
+    An assemble study's trials beyond the teacher fine-tuned come from its plan in `results_dir`
+    (`opswap.study.assembly`); without one they are not known yet.
+    """
+    if study.kind == "assemble":
+        return _assembly(study, results_dir)
     return _methods(study) if study.kind == "methods" else _substitution(study)

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from opswap.data import DATASETS, check_dataset
 from opswap.run.spec import model_positions
 from opswap.sparse.methods import PRUNE_METHODS, check_prune_options
+from opswap.study.assembly import assembly_settings
 from opswap.study.schema import (_EXPECTED, _METHOD_KEYS, _NAME, STUDY_INITS, STUDY_KINDS, Candidate, Method,
                                  PredictConfig, Problems, RunConfig, Study, StudyError, StudyFile, TeacherConfig,
                                  _closest, apply_override, check_table, parse_overrides)
@@ -70,7 +71,7 @@ def _path(problems: Problems, key: str, path: str | None, what: str, *, parent_o
 def _resolve(f: StudyFile, problems: Problems, source: str) -> Study:
     if not _NAME.match(f.name):
         problems.add("name", f"{f.name!r} cannot name a results folder; use letters, digits, '-', '_' and '.'")
-    kind = f.kind or ("methods" if f.methods else "substitution")
+    kind = f.kind or ("methods" if f.methods else "assemble" if f.budgets is not None else "substitution")
     if kind not in STUDY_KINDS:
         problems.add("kind", f"{kind!r} is not a study kind; allowed: {', '.join(STUDY_KINDS)}{_closest(kind, STUDY_KINDS)}")
     if f.dataset not in DATASETS:
@@ -133,10 +134,11 @@ def _resolve(f: StudyFile, problems: Problems, source: str) -> Study:
                                       f"Methods: {', '.join(names)}")
     positions: tuple[int, ...] = ()
     candidates: tuple[Candidate, ...] = ()
-    if f.model is not None and _model_ok(problems, "model", f.model) and kind == "substitution":
+    if f.model is not None and _model_ok(problems, "model", f.model) and kind in ("substitution", "assemble"):
         positions = _positions(problems, f.positions, f.model, num_classes)
         candidates = _candidates(problems, f.candidates)
-    needs_teacher = kind == "substitution" and any(i != "scratch" for i in f.init)
+    needs_teacher = kind == "assemble" or (kind == "substitution" and any(i != "scratch" for i in f.init))
+    assembly = assembly_settings(problems, f, kind, positions)  # {} unless kind = "assemble"
     if needs_teacher and not teacher.train and teacher.checkpoint is None:
         problems.add("teacher", "init lana/random needs a teacher: set train = true or checkpoint = \"path\"")
     if problems.items:
@@ -147,7 +149,7 @@ def _resolve(f: StudyFile, problems: Problems, source: str) -> Study:
         positions=positions, candidates=candidates, seeds=tuple(f.seeds), epochs=tuple(f.epochs),
         init=tuple(f.init), sparsity=tuple(float(s) for s in f.sparsity), prune=prune,
         prune_options=dict(f.prune_options), train=train, distill=distill, teacher=teacher, run=run,
-        predict=predict, methods=methods, reference=f.reference)
+        predict=predict, methods=methods, reference=f.reference, **assembly)
 
 
 def _table(problems: Problems, key: str, table: dict, cls):

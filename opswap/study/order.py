@@ -62,7 +62,7 @@ def predict_study(study: Study, results_dir: str | Path = "results", *, level: f
     from opswap.ops import parse_op
 
     root = Path(results_dir) / study.name
-    expansion = expansion or expand_study(study)
+    expansion = expansion or expand_study(study, root)
     ids = {t.trial_id for t in expansion.trials}
     frame = load_results(root) if root.is_dir() and any(root.glob("*.json")) else None
     if frame is not None:

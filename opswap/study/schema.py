@@ -31,7 +31,7 @@ from opswap.training import TrainConfig
 __all__ = ["StudyError", "Candidate", "Method", "TeacherConfig", "RunConfig", "PredictConfig", "SlurmConfig", "SLURM_CLUSTERS", "Study", "StudyFile",
            "parse_overrides", "apply_override", "check_table", "STUDY_KINDS", "BACKENDS", "STUDY_INITS"]
 
-StudyKind = Literal["substitution", "methods"]
+StudyKind = Literal["substitution", "methods", "assemble"]
 Backend = Literal["loky", "dask", "slurm"]
 StudyInit = Literal["lana", "random", "scratch"]  # the inits a study compares (teacher: its baselines)
 STUDY_KINDS: tuple[str, ...] = get_args(StudyKind)
@@ -225,11 +225,19 @@ class Study:
     methods: tuple[Method, ...] = ()
     reference: str | None = None   # methods studies: the method the others are compared with
     overrides: tuple[tuple[str, Any], ...] = ()   # --set key=value pairs applied over the file
+    # kind = "assemble" (opswap.study.assembly): budgets (canonical text), objectives, k best
+    # solutions differing in >= min_diff positions, and the baselines at the same budget.
+    budgets: tuple[str, ...] = ()
+    objectives: tuple[str, ...] = ()
+    k: int = 1
+    min_diff: int = 1
+    random_picks: int = 5
+    baselines: tuple[str, ...] = ()
 
     @property
     def needs_teacher(self) -> bool:
         """Whether some trial starts from the teacher (init lana, random or teacher)."""
-        return self.kind == "substitution" and any(i != "scratch" for i in self.init)
+        return self.kind == "assemble" or (self.kind == "substitution" and any(i != "scratch" for i in self.init))
 
 
 # -- the file's schema ----------------------------------------------------------------------------
@@ -269,6 +277,12 @@ class StudyFile(_Table):
     predict: dict[str, Any] = {}
     methods: list[dict[str, Any]] = []
     reference: str | None = None
+    budgets: list[str | dict[str, Any]] | str | dict[str, Any] | None = None
+    objective: Annotated[list[str], _Listed] | None = None
+    k: int | None = None
+    min_diff: int | None = None
+    random_picks: int | None = None
+    baselines: Annotated[list[str], _Listed] | None = None
 
 
 _EXPECTED = {
@@ -286,6 +300,12 @@ _EXPECTED = {
     "run": "a [run] table: " + ", ".join(RunConfig.model_fields),
     "predict": "a [predict] table: " + ", ".join(PredictConfig.model_fields), "methods": '[[methods]] tables, each with name = "..."',
     "reference": 'the name of the method the others are compared with, e.g. reference = "dense"',
+    "budgets": 'assemble studies: budgets, e.g. ["macs=0.5", "macs=0.7"] or [{ macs = 0.5, latency = 0.8 }]',
+    "objective": 'assemble studies: one objective or a list, e.g. "replace1" or ["replace1", "distill_loss"]',
+    "k": "assemble studies: how many best solutions per budget, a positive integer",
+    "min_diff": "assemble studies: positions each further solution differs in, a positive integer",
+    "random_picks": "assemble studies: random feasible picks per budget, a non-negative integer",
+    "baselines": 'assemble studies: baselines at the same budget, drawn from "random", "greedy", "uniform"',
 }
 
 

@@ -123,11 +123,13 @@ def array_task(study: Study, results_dir: str, until: float, trial_fn: TrialFn |
 
 
 def prepare_task(study: Study, results_dir: str, trial_fn: TrialFn | None = None
-                 ) -> tuple[str | None, str | None, str | None]:
-    """The prepare job: the teacher, bank and features stages (each under its claim)."""
+                 ) -> tuple[str | None, str | None, str | None, str | None]:
+    """The prepare job: the teacher, bank and features (or assembly plan) stages, each under its claim;
+    the paths of their files."""
     _cli_logging()
     root = Path(results_dir) / study.name
-    return prepare_stages(study, expand_study(study), root, trial_fn=trial_fn, progress=False)
+    stages = prepare_stages(study, expand_study(study, root), root, trial_fn=trial_fn, progress=False)
+    return stages.teacher, stages.bank, stages.features, stages.plan
 
 
 def submit_study(study: Study, results_dir: str | Path = "results", *, trial_fn: TrialFn | None = None,
@@ -139,7 +141,7 @@ def submit_study(study: Study, results_dir: str | Path = "results", *, trial_fn:
     folder = root / "slurm" / "logs"
     folder.mkdir(parents=True, exist_ok=True)
     n = array or cfg.array
-    pending = stages_pending(study, expand_study(study), root)
+    pending = stages_pending(study, expand_study(study, root), root)
     prepare_id, prepare_job, dependency = None, None, None
     if pending:
         ex = _executor(study, folder, name=f"opswap-{study.name}-prepare", tasks=1)

@@ -1,4 +1,5 @@
-"""Running a study in stages — teacher → distillation bank → cheap features → trials → summary.
+"""Running a study in stages — teacher → distillation bank → cheap features (assemble studies: costs
+and picks, `opswap.study.assembly`) → trials → summary.
 
 Each stage is idempotent, in the manner of pycls/NASLib: the teacher is a trial (skipped when its
 record and weights exist), the LANA weight bank is rebuilt only when its inputs change, trials
@@ -19,6 +20,7 @@ from typing import Any
 from opswap.atomic import atomic_path, write_text
 from opswap.run.record import load_record, record_path
 from opswap.run.stop import stop_reason, stop_requested
+from opswap.study.assembly import bank_pairs, load_plan, plan_trial_fn, prepare_plan
 from opswap.study.claims import try_claim
 from opswap.study.execute import RunSummary, TrialFn, resolve_devices, run_trials, trial_state
 from opswap.study.schema import Study
@@ -27,7 +29,7 @@ from opswap.study.features import feature_pairs, features_current, prepare_featu
 from opswap.study.order import order_trials
 
 __all__ = ["StudyRun", "StudyStatus", "run_study", "study_status", "prepare_teacher", "prepare_bank",
-           "prepare_stages", "stages_pending", "write_summary", "plan"]
+           "Stages", "prepare_stages", "stages_pending", "write_summary", "plan"]
 
 log = logging.getLogger("opswap")
 
@@ -115,7 +117,10 @@ def prepare_teacher(study: Study, results_dir: Path, *, trial_fn: TrialFn | None
     return str(weights)
 
 
-def _bank_pairs(expansion: Expansion) -> list[tuple[int, str]]:
+def _bank_pairs(study: Study, expansion: Expansion) -> list[tuple[int, str]]:
+    """The (position, op) pairs the bank holds: every pair for assemble studies, else those of lana trials."""
+    if study.kind == "assemble":
+        return bank_pairs(study)
     pairs = {(t.settings["position"], t.settings["op"]) for t in expansion.trials
              if t.settings.get("init") == "lana" and t.settings.get("position") is not None}
     return sorted(pairs)
@@ -124,7 +129,7 @@ def _bank_pairs(expansion: Expansion) -> list[tuple[int, str]]:
 def prepare_bank(study: Study, expansion: Expansion, teacher: str | None, results_dir: Path, *,
                  device: str | None = None, progress: bool = True) -> str | None:
     """Stage 2: the LANA weight bank of every (position, op) pair the trials need, with scores."""
-    pairs = _bank_pairs(expansion)
+    pairs = _bank_pairs(study, expansion)
     if teacher is None or not pairs:
         return None
     path, key_file = results_dir / "bank.safetensors", results_dir / "bank.key"
@@ -159,12 +164,14 @@ def _bank_current(results_dir: Path, key: str) -> bool:
 
 
 def stages_pending(study: Study, expansion: Expansion, results_dir: Path) -> list[str]:
-    """The stages before the trials that still have to run: "teacher", "bank", "features" (none: [])."""
+    """The stages before the trials that still have to run: "teacher", "bank", "features", "plan"."""
     teacher = _teacher_done(study, results_dir)
-    pairs = _bank_pairs(expansion)
+    pairs = _bank_pairs(study, expansion)
     wants_features = study.predict.features and bool(feature_pairs(expansion))
+    wants_plan = study.kind == "assemble"
     if teacher is None:
-        return ["teacher"] + (["bank"] if pairs else []) + (["features"] if wants_features else [])
+        return (["teacher"] + (["bank"] if pairs else []) + (["features"] if wants_features else [])
+                + (["plan"] if wants_plan else []))
     if not teacher:
         return []
     pending = []
@@ -176,16 +183,36 @@ def stages_pending(study: Study, expansion: Expansion, results_dir: Path) -> lis
             pending.append("bank")
     if wants_features and ("bank" in pending or not features_current(study, expansion, teacher, bank, results_dir)):
         pending.append("features")
+    if wants_plan and ("bank" in pending or load_plan(study, results_dir) is None):
+        pending.append("plan")
     return pending
 
 
+@dataclass(frozen=True)
+class Stages:
+    """What the stages before the trials gave: their files, and the trials with their trial function
+    (an assemble study's trials are the plan's picks, run by a function that adds its predictions)."""
+
+    teacher: str | None
+    bank: str | None
+    features: str | None
+    plan: str | None
+    expansion: Expansion
+    trial_fn: TrialFn | None
+
+
 def prepare_stages(study: Study, expansion: Expansion, results_dir: Path, *, trial_fn: TrialFn | None = None,
-                   progress: bool = True) -> tuple[str | None, str | None, str | None]:
-    """The stages before the trials (teacher, bank, features), each under its claim; their paths (or None)."""
+                   progress: bool = True) -> Stages:
+    """The stages before the trials (teacher, bank, features or the assembly plan), each under its claim."""
     teacher = prepare_teacher(study, results_dir, trial_fn=trial_fn, devices=study.run.devices, progress=progress)
     bank = prepare_bank(study, expansion, teacher, results_dir, progress=progress)
     features = prepare_features(study, expansion, teacher, bank, results_dir)
-    return teacher, bank, features
+    plan_file = None
+    if study.kind == "assemble":  # costs and picks, then the trials they give
+        plan_file = str(prepare_plan(study, teacher, bank, results_dir, device=resolve_devices(study.run.devices)[0],
+                                     stale_after=study.run.stale_after))
+        expansion, trial_fn = expand_study(study, results_dir), plan_trial_fn(plan_file, trial_fn)
+    return Stages(teacher, bank, features, plan_file, expansion, trial_fn)
 
 
 def _build_bank(study: Study, pairs: list[tuple[int, str]], teacher: str, path: Path, key_file: Path, key: str,
@@ -237,10 +264,14 @@ def run_study(study: Study, *, results_dir: str | Path = "results", trial_fn: Tr
         raise ValueError("backend slurm submits a job array of workers; use opswap.study.slurm.submit_study "
                          "(`opswap run --backend slurm`), or run this study with backend loky or dask")
     root = Path(results_dir) / study.name
-    expansion = expand_study(study)
+    expansion = expand_study(study, root)
     _say(plan(study, expansion, root, run.retries))
     root.mkdir(parents=True, exist_ok=True)
-    teacher, bank, features = prepare_stages(study, expansion, root, trial_fn=trial_fn, progress=progress)
+    stages = prepare_stages(study, expansion, root, trial_fn=trial_fn, progress=progress)
+    teacher, bank, features, trial_fn = stages.teacher, stages.bank, stages.features, stages.trial_fn
+    if stages.expansion is not expansion:  # an assemble study: its trials are the plan's picks
+        expansion = stages.expansion
+        _say(plan(study, expansion, root, run.retries))
     try:
         summary = run_trials(order_trials(study, expansion, root), study=study.name, out_dir=root, trial_fn=trial_fn,
                              workers=run.workers, backend=run.backend, address=run.address, devices=run.devices,
@@ -277,7 +308,7 @@ def plan(study: Study, expansion: Expansion, root: Path, retries: int) -> str:
 def study_status(study: Study, results_dir: str | Path = "results") -> StudyStatus:
     """Counts of done / running / failed / pending trials and an estimate of the time left."""
     root = Path(results_dir) / study.name
-    expansion = expand_study(study)
+    expansion = expand_study(study, root)
     counts = {"done": 0, "running": 0, "failed": 0, "pending": 0, "preempted": 0, "corrupt": 0}
     seconds = []
     for t in expansion.trials:

@@ -154,15 +154,16 @@ def run_worker(study: Study, *, results_dir: str | Path = "results", until: floa
         return WorkerSummary(study.name, host, pid, dict(counts), busy, no_time, reason, elapsed())
 
     with stop.handle_signals():
-        expansion = expand_study(study)
+        expansion = expand_study(study, root)
         log.info(f"worker {host}:{pid}: " + plan(study, expansion, root, run.retries).splitlines()[0]
                  + (f"; until {_duration(until)}" if until is not None else ""))
         try:
-            teacher, bank, _ = prepare_stages(study, expansion, root, trial_fn=trial_fn, progress=progress)
+            stages = prepare_stages(study, expansion, root, trial_fn=trial_fn, progress=progress)
         except RuntimeError:
             if stop.stop_requested():  # stopped in the teacher or bank stage: the next worker goes on
                 return summary(f"stopped by {stop.stop_reason()} (before the trials)")
             raise
+        teacher, bank, expansion, trial_fn = stages.teacher, stages.bank, stages.expansion, stages.trial_fn
         devices = resolve_devices(run.devices)
         ctx = TrialContext(study.name, str(root), trial_fn, run.retries, False, run.stale_after, devices,
                            threads or threads_per_trial(devices, run.trials_per_device), teacher, bank,
