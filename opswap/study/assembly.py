@@ -315,9 +315,7 @@ def _assembly_trial(spec, *, plan_file: str, inner=None, **kwargs) -> dict:
     from opswap.run.trial import run_trial
 
     fn = inner or run_trial
-    if "attempt" in kwargs and not _takes_attempt(fn):
-        kwargs.pop("attempt")
-    record = fn(spec, **kwargs)
+    record = fn(spec, **_accepted(fn, kwargs))
     if getattr(spec, "assignment", None) is not None and isinstance(record, dict):
         plan = json.loads(Path(plan_file).read_text())
         pick = _find_pick(plan, spec)
@@ -327,12 +325,15 @@ def _assembly_trial(spec, *, plan_file: str, inner=None, **kwargs) -> dict:
     return record
 
 
-def _takes_attempt(fn) -> bool:
+def _accepted(fn, kwargs: dict) -> dict:
+    """The keyword arguments `fn` takes (the runner offers optional ones such as attempt, checkpoint_path)."""
     try:
-        params = inspect.signature(fn).parameters.values()
+        params = inspect.signature(fn).parameters
     except (TypeError, ValueError):
-        return False
-    return any(p.name == "attempt" or p.kind == p.VAR_KEYWORD for p in params)
+        return kwargs
+    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        return kwargs
+    return {k: v for k, v in kwargs.items() if k in params}
 
 
 def _find_pick(plan: dict, spec) -> dict | None:
