@@ -585,13 +585,18 @@ class Batches:
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        return self.iterate()
+
+    def iterate(self, skip: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+        """One epoch's batches, drawing the epoch's order and augmentation as `iter` does, and
+        leaving out the first `skip` batches (a run resumed inside an epoch)."""
         n = len(self.x)
         order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
         if self.augment:  # drawn on the CPU generator so every device sees the same batches
             shifts = torch.randint(0, 9, (n, 2), generator=self.generator).to(self.device)
             flips = (torch.rand(n, generator=self.generator) < 0.5).to(self.device)
         order = order.to(self.device)
-        for start in range(0, len(self) * self.batch_size, self.batch_size):
+        for start in range(skip * self.batch_size, len(self) * self.batch_size, self.batch_size):
             idx = order[start:start + self.batch_size]
             x = self.x[idx]
             if self.augment:

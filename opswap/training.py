@@ -9,12 +9,15 @@ precision (fp32, or bf16 autocast with channels_last) is chosen by `opswap.preci
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import statistics
 import sys
 import time
+import uuid
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -25,6 +28,8 @@ from torch.optim import lr_scheduler
 
 from opswap.data import Batches, ImageData
 from opswap.precision import PRECISIONS, autocast, memory_format, resolve_precision, use_compile
+
+log = logging.getLogger("opswap")
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("cosine", "step", "onecycle", "constant")
@@ -102,7 +107,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class TrainResult:
-    """Outcome of `train`: status ok | diverged, per-epoch history, final metrics, resolved precision."""
+    """Outcome of `train`: status ok | diverged | preempted, per-epoch history, final metrics, resolved precision."""
 
     status: str
     history: list[dict]
@@ -168,12 +173,16 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
 
 def train(model: nn.Module, data: ImageData, config: TrainConfig, *, device=None,
           teacher: nn.Module | None = None, pruner=None, checkpoint: str | os.PathLike | None = None,
-          resume: bool = False, progress: bool = False, eval_split: str = "test") -> TrainResult:
+          resume: bool = False, progress: bool = False, eval_split: str = "test",
+          should_stop: Callable[[], bool] | None = None) -> TrainResult:
     """Train `model` in place on `data`; per-epoch history, a NaN/Inf loss ends as `diverged`.
 
     `eval_split`: which split is evaluated after every epoch (test, val, both or none); the
     final metrics always hold the test split (and the validation split when there is one).
-    `checkpoint` (a .safetensors path) is written after every epoch; `resume` continues from it.
+    `checkpoint` (a .safetensors path) is written after every epoch; `resume` continues from it,
+    inside an epoch too. `should_stop` is polled after every optimiser step: when it says true
+    the run saves the checkpoint at that step (when it has one) and returns status "preempted";
+    resumed, it goes on with the same batches, the same RNG state and the same result.
     """
     if eval_split not in ("test", "val", "both", "none"):
         raise ValueError(f"eval_split must be test, val, both or none, got {eval_split!r}")
@@ -199,8 +208,10 @@ def train(model: nn.Module, data: ImageData, config: TrainConfig, *, device=None
     if pruner is not None:
         pruner.before_training(model, optimizer)
     history: list[dict] = []
-    start_epoch, step = 0, 0
-    if resume and checkpoint and Path(checkpoint).is_file():
+    start_epoch, step, partial = 0, 0, None
+    if resume and checkpoint and Path(checkpoint).is_file() and not checkpoint_complete(checkpoint):
+        log.warning(f"checkpoint {checkpoint} is incomplete (its writer was stopped mid-write); starting afresh")
+    elif resume and checkpoint and Path(checkpoint).is_file():
         state = load_checkpoint(checkpoint, model, optimizer, pruner, scheduler=scheduler, device=device)
         saved = state.get("config") or config.to_dict()
         changed = {k: (saved[k], v) for k, v in config.to_dict().items() if k in saved and saved[k] != v}
@@ -210,6 +221,7 @@ def train(model: nn.Module, data: ImageData, config: TrainConfig, *, device=None
             raise ValueError(f"cannot resume from {checkpoint}: it was written with other settings "
                              + ", ".join(f"{k} {a!r} (now {b!r})" for k, (a, b) in changed.items()))
         start_epoch, step, history = state["epoch"], state["step"], state["history"]
+        partial = state.get("in_epoch")  # stopped inside epoch start_epoch + 1
         if "scheduler" not in state:  # a checkpoint from before schedulers were saved
             for _ in range(step):
                 _step_scheduler(scheduler)
@@ -223,10 +235,17 @@ def train(model: nn.Module, data: ImageData, config: TrainConfig, *, device=None
     for epoch in range(start_epoch, config.epochs):
         model.train()
         t0 = time.perf_counter()
+        epoch_rng = batches.generator.get_state()  # the epoch's order and augmentation come from here
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.int64)
-        seen, lr = 0, optimizer.param_groups[0]["lr"]
-        for i, (x, y) in enumerate(batches):
+        seen, lr, skip = 0, optimizer.param_groups[0]["lr"], 0
+        if partial is not None:  # resumed inside this epoch: its first batches are done
+            skip, seen, lr = partial["batches"], partial["seen"], partial.get("lr", lr)
+            loss_sum += partial["loss_sum"]
+            correct += partial["correct"]
+            t0 -= partial["seconds"]
+            partial = None
+        for i, (x, y) in enumerate(batches.iterate(skip), start=skip):
             with autocast(device, precision):
                 logits = forward(x)
                 loss = _loss(logits, y, x, teacher, config)
@@ -249,6 +268,16 @@ def train(model: nn.Module, data: ImageData, config: TrainConfig, *, device=None
                 error = f"loss became {loss.item()} at epoch {epoch + 1}, step {step}"
                 return TrainResult("diverged", history, _final(history, last_eval, precision), error, precision)
             bar.update(1)
+            if should_stop is not None and should_stop():
+                bar.close()
+                if checkpoint:
+                    in_epoch = {"batches": i + 1, "seen": seen, "loss_sum": loss_sum.item(),
+                                "correct": int(correct.item()), "seconds": time.perf_counter() - t0, "lr": lr}
+                    save_checkpoint(checkpoint, model, optimizer, pruner, epoch=epoch, step=step, history=history,
+                                    data_rng=epoch_rng, config=config, scheduler=scheduler, precision=precision,
+                                    in_epoch=in_epoch)
+                error = f"pre-empted at epoch {epoch + 1}, step {step}" + ("" if checkpoint else " (no checkpoint)")
+                return TrainResult("preempted", history, {}, error, precision)
         if cuda:
             torch.cuda.synchronize()
         train_seconds = time.perf_counter() - t0
@@ -430,23 +459,43 @@ def load_weights(model: nn.Module, path: str | os.PathLike, *, strict: bool = Tr
 
 def save_checkpoint(path, model, optimizer, pruner=None, *, epoch: int, step: int, history: list[dict],
                     data_rng: torch.Tensor, config: TrainConfig | None = None, scheduler=None,
-                    precision: str | None = None) -> None:
-    """Weights (safetensors), optimiser/scheduler/pruner/RNG state (tensors, numbers) and progress (JSON)."""
+                    precision: str | None = None, in_epoch: dict | None = None) -> None:
+    """Weights (safetensors), optimiser/scheduler/pruner/RNG state (tensors, numbers) and progress (JSON).
+
+    `epoch` counts finished epochs; `in_epoch` (batches done, their loss sum, correct count, images
+    and seconds) marks a run stopped inside the next one, whose order `data_rng` then draws."""
     path = Path(path)
-    save_weights(model, path)
+    # The three files are renamed into place one by one; one token in all three tells a whole
+    # checkpoint from one whose writer was killed between the renames.
+    token = f"{epoch}:{step}:{uuid.uuid4().hex}"
+    save_weights(model, path, {"checkpoint": token})
     state = {"optimizer": optimizer.state_dict(), "pruner": pruner.state_dict() if pruner is not None else {},
-             "data_rng": data_rng, "torch_rng": torch.get_rng_state()}
+             "data_rng": data_rng, "torch_rng": torch.get_rng_state(), "token": token}
     if scheduler is not None:
         state["scheduler"] = scheduler.state_dict()
-    from opswap.atomic import atomic_path
+    from opswap.atomic import atomic_path, write_text
 
     with atomic_path(path.with_suffix(".state.pt")) as tmp:
         torch.save(state, tmp)
     meta = {"epoch": epoch, "step": step, "history": history,
-            "config": config.to_dict() if config is not None else None, "precision": precision}
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(meta, indent=1))
-    os.replace(tmp, path.with_suffix(".json"))
+            "config": config.to_dict() if config is not None else None, "precision": precision,
+            "in_epoch": in_epoch, "token": token}
+    write_text(path.with_suffix(".json"), json.dumps(meta, indent=1))
+
+
+def checkpoint_complete(path) -> bool:
+    """Whether the checkpoint's three files (weights, state, progress) were written together."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    try:
+        with safe_open(str(path), "pt") as f:
+            weights = (f.metadata() or {}).get("checkpoint")
+        state = torch.load(path.with_suffix(".state.pt"), map_location="cpu", weights_only=True).get("token")
+        meta = json.loads(path.with_suffix(".json").read_text()).get("token")
+    except Exception:  # missing, truncated or unreadable: not a checkpoint to resume from
+        return False
+    return weights == state == meta
 
 
 def load_checkpoint(path, model, optimizer=None, pruner=None, *, scheduler=None, device=None) -> dict:

@@ -28,9 +28,10 @@ The contract with the training engine (`opswap.training.train`, via `opswap.run.
    number continues), releases the claim and exits; the record state `preempted` is runnable. The
    runner removes the checkpoint files once the trial's record is ok, diverged or failed.
 
-Until `train()` polls, a stop request still takes effect between trials: the worker finishes the
-running trial (or is killed; its claim then dies and another worker takes the trial over,
-resuming from the last per-epoch checkpoint when `train()` was given one).
+A worker that is killed outright (SIGKILL, a node failure) writes nothing: its claim dies, and
+another worker takes the trial over and resumes from the last checkpoint, written after every
+epoch and at every stop. The checkpoint's three files carry one token, so a checkpoint whose
+writer died between two renames is recognised and ignored (the trial starts afresh).
 """
 from __future__ import annotations
 

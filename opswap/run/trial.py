@@ -139,11 +139,15 @@ def _sparsify(model, spec: TrialSpec, total_steps: int):
 
 
 def run_trial(spec: TrialSpec, *, trial_id: str | None = None, study: str = "train", teacher=None, bank=None,
-              device=None, progress: bool = False, attempt: int = 1, weights_path=None) -> dict:
+              device=None, progress: bool = False, attempt: int = 1, weights_path=None,
+              checkpoint_path=None) -> dict:
     """Run one trial and return its record (not written: the caller writes it once).
 
     `teacher` and `bank` are paths (a safetensors checkpoint, a weight bank); with
-    `spec.save_weights` the trained weights go to `weights_path`.
+    `spec.save_weights` the trained weights go to `weights_path`. With `checkpoint_path` the
+    training is resumable: checkpointed after every epoch, resumed from the checkpoint when one
+    is there, and stopped at the next step when a stop is requested (`opswap.run.stop`: a
+    signal in a worker), which gives a record of status "preempted" without final measurements.
     """
     from opswap.training import resolve_device
 
@@ -154,14 +158,14 @@ def run_trial(spec: TrialSpec, *, trial_id: str | None = None, study: str = "tra
     record = new_record(spec.to_settings(), trial_id=trial_id, study=study, attempt=attempt, device=device)
     t0 = time.perf_counter()
     try:
-        _run(record, spec, teacher, bank, device, progress, weights_path)
+        _run(record, spec, teacher, bank, device, progress, weights_path, checkpoint_path)
     except Exception as err:  # a trial never takes its runner down: the failure is the record
         record.update(status="failed", error=_error_text(err))
     record["timing"].update(finished=now(), seconds=time.perf_counter() - t0)
     return json_safe(record)  # what is returned is what is written: plain JSON, NaN as null
 
 
-def _run(record, spec: TrialSpec, teacher, bank, device, progress, weights_path) -> None:
+def _run(record, spec: TrialSpec, teacher, bank, device, progress, weights_path, checkpoint_path=None) -> None:
     data = _dataset(spec.dataset, spec.data, spec.val_fraction, spec.data_fraction, spec.seed)
     if spec.num_classes != data.num_classes:
         raise ValueError(f"settings say num_classes={spec.num_classes} but dataset "
@@ -190,8 +194,17 @@ def _run(record, spec: TrialSpec, teacher, bank, device, progress, weights_path)
     if spec.prune.active:
         steps = config.epochs * -(-len(data.y_train) // config.batch_size)
         pruner = _sparsify(model, spec, steps)
+    resumable = {}
+    if checkpoint_path is not None:
+        from opswap.run.stop import stop_requested
+
+        resumable = {"checkpoint": checkpoint_path, "resume": True, "should_stop": stop_requested}
     result = train(model, data, config, device=device, teacher=teacher_model, pruner=pruner,
-                   progress=progress, eval_split="val" if data.x_val is not None else "test")
+                   progress=progress, eval_split="val" if data.x_val is not None else "test", **resumable)
+    if result.status == "preempted":  # resumes from the checkpoint; measured when it finishes
+        record.update(status="preempted", error=result.error, history=result.history,
+                      metrics={"params": params, "macs": macs, "precision": result.precision})
+        return
     metrics = {**result.metrics, "params": params, "macs": macs, "precision": result.precision,
                "op_params_count": pos.params if pos else None, "op_macs": pos.macs if pos else None}
     batch = spec.latency_batch_size

@@ -323,6 +323,8 @@ def _execute(trial: Trial, ctx: TrialContext) -> TrialOutcome:
             logging.getLogger().addHandler(handler)
             try:
                 for attempt in range(first, last + 1):
+                    if attempt > first:  # a retry starts afresh, not from the failed attempt's checkpoint
+                        stop.remove_checkpoint(out_dir, trial.trial_id)
                     record = _attempt(trial, ctx, attempt, device, log, claim)
                     if record is None or record.get("status") != "failed" or stop.stop_requested():
                         break

@@ -1,0 +1,185 @@
+"""Stopping a run at a step and resuming it: train(should_stop=...), run_trial(checkpoint_path=...)
+and the runner, with real (tiny) training. A resumed run must equal an uninterrupted one."""
+import json
+import threading
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from opswap.data import synthetic
+from opswap.run import stop
+from opswap.run.record import load_record
+from opswap.run.spec import TrialSpec
+from opswap.run.trial import run_trial
+from opswap.sparse.methods import make_pruner
+from opswap.study import execute
+from opswap.study.expand import Trial
+from opswap.training import TrainConfig, checkpoint_complete, load_checkpoint, train
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+TIMING = ("seconds", "images_per_s")
+
+
+def tiny(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                         nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
+
+
+def untimed(history):
+    return [{k: v for k, v in row.items() if k not in TIMING} for row in history]
+
+
+class StopAt:
+    """A should_stop that says yes at the given global step counts (counted over its calls)."""
+
+    def __init__(self, *at: int, start: int = 0):
+        self.at, self.calls = set(at), start
+
+    def __call__(self) -> bool:
+        self.calls += 1
+        return self.calls in self.at
+
+
+@pytest.fixture(scope="module")
+def data():
+    return synthetic(160, 40, seed=1)
+
+
+CONFIG = TrainConfig(epochs=3, batch_size=32, optimizer="sgd", lr=0.05, augment=True, schedule="cosine",
+                     warmup_epochs=1)
+
+
+def same_weights(a: nn.Module, b: nn.Module) -> None:
+    for (k, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(x, y), k
+
+
+@pytest.mark.parametrize("stops", [(3,), (7,), (5, 10), (2, 9, 13)])  # steps; 5 per epoch
+def test_a_run_stopped_inside_epochs_and_resumed_equals_an_uninterrupted_one(tmp_path, data, stops):
+    straight = tiny()
+    full = train(straight, data, CONFIG)
+    ckpt = tmp_path / "run.safetensors"
+    model, done = tiny(), 0
+    for n, at in enumerate(stops):
+        model = tiny(seed=50 + n) if n else tiny()  # resumed: the weights come from the checkpoint
+        result = train(model, data, CONFIG, checkpoint=ckpt, resume=True, should_stop=StopAt(at - done))
+        assert result.status == "preempted" and result.error == f"pre-empted at epoch {(at - 1) // 5 + 1}, step {at}"
+        state = load_checkpoint(ckpt, tiny())
+        assert (state["step"], state["epoch"]) == (at, (at - 1) // 5)  # epoch: those finished
+        assert state["in_epoch"]["batches"] == (at - 1) % 5 + 1 and len(state["history"]) == state["epoch"]
+        done = at
+    model = tiny(seed=99)
+    resumed = train(model, data, CONFIG, checkpoint=ckpt, resume=True, should_stop=lambda: False)
+    assert resumed.status == "ok"
+    assert untimed(resumed.history) == untimed(full.history)
+    assert resumed.metrics["test_acc"] == full.metrics["test_acc"]
+    same_weights(straight, model)
+
+
+def test_a_pruned_run_resumes_exactly_too(tmp_path, data):
+    from opswap.sparse.layers import sparsify
+
+    def build(seed):
+        model = tiny(seed)
+        sparsify(model, 0.5)
+        return model, make_pruner("dsr", model, sparsity=0.5, total_steps=15, period=4)
+
+    (straight, pruner) = build(0)
+    full = train(straight, data, CONFIG, pruner=pruner)
+    ckpt = tmp_path / "dsr.safetensors"
+    model, pruner = build(0)
+    assert train(model, data, CONFIG, pruner=pruner, checkpoint=ckpt, resume=True,
+                 should_stop=StopAt(6)).status == "preempted"
+    model, pruner = build(7)
+    resumed = train(model, data, CONFIG, pruner=pruner, checkpoint=ckpt, resume=True)
+    assert untimed(resumed.history) == untimed(full.history)
+    same_weights(straight, model)
+
+
+def test_an_incomplete_checkpoint_is_ignored_and_the_run_starts_afresh(tmp_path, data, caplog):
+    ckpt = tmp_path / "run.safetensors"
+    assert train(tiny(), data, CONFIG, checkpoint=ckpt, should_stop=StopAt(7)).status == "preempted"
+    assert checkpoint_complete(ckpt)
+    meta = json.loads(ckpt.with_suffix(".json").read_text())
+    meta["token"] = "written by a later save that was killed"  # as if the weights were of another save
+    ckpt.with_suffix(".json").write_text(json.dumps(meta))
+    assert not checkpoint_complete(ckpt)
+    straight = tiny()
+    full = train(straight, data, CONFIG)
+    model = tiny()
+    with caplog.at_level("WARNING", logger="opswap"):
+        result = train(model, data, CONFIG, checkpoint=ckpt, resume=True)
+    assert "incomplete" in caplog.text and untimed(result.history) == untimed(full.history)
+    same_weights(straight, model)
+    ckpt.with_suffix(".state.pt").unlink()
+    assert not checkpoint_complete(ckpt)
+
+
+def test_without_a_checkpoint_a_stop_still_stops(data):
+    result = train(tiny(), data, CONFIG, should_stop=StopAt(4))
+    assert result.status == "preempted" and "no checkpoint" in result.error and len(result.history) == 0
+
+
+@pytest.fixture(scope="module")
+def npz(tmp_path_factory):
+    images = synthetic(120, 40, seed=2)
+    path = tmp_path_factory.mktemp("data") / "small.npz"
+    nhwc = lambda x: x.permute(0, 2, 3, 1).numpy()  # noqa: E731
+    np.savez(path, x_train=nhwc(images.x_train), y_train=images.y_train.numpy(),
+             x_test=nhwc(images.x_test), y_test=images.y_test.numpy())
+    return str(path)
+
+
+def spec_of(npz) -> TrialSpec:
+    return TrialSpec.create(model="tf-cnn", dataset="npz", data=npz, epochs=3, batch_size=40,
+                            latency_batch_size=0, save_weights=True)
+
+
+def test_run_trial_preempted_then_resumed_gives_the_uninterrupted_record(tmp_path, npz, monkeypatch):
+    spec = spec_of(npz)
+    plain = run_trial(spec, study="t", weights_path=tmp_path / "plain.safetensors")
+    assert plain["status"] == "ok", plain["error"]
+    ckpt = stop.checkpoint_path(tmp_path, spec.trial_id)
+    ckpt.parent.mkdir()
+    monkeypatch.setattr(stop, "stop_requested", StopAt(4))
+    weights = tmp_path / "w.safetensors"
+    first = run_trial(spec, study="t", weights_path=weights, checkpoint_path=ckpt)
+    assert first["status"] == "preempted" and first["error"] == "pre-empted at epoch 2, step 4"
+    assert not weights.exists() and "test_acc" not in first["metrics"]  # no final measurement
+    assert len(first["history"]) == 1
+    monkeypatch.setattr(stop, "stop_requested", lambda: False)
+    second = run_trial(spec, study="t", weights_path=weights, checkpoint_path=ckpt)
+    assert second["status"] == "ok" and weights.exists()
+    assert untimed(second["history"]) == untimed(plain["history"])
+    for key in ("test_acc", "test_loss", "train_acc", "params", "macs"):
+        assert second["metrics"][key] == plain["metrics"][key], key
+
+
+def test_the_runner_resumes_a_stopped_trial_and_removes_its_checkpoint(tmp_path, npz):
+    spec = replace(spec_of(npz), save_weights=False)
+    spec = TrialSpec.create(**{**spec.to_settings(), "epochs": 40})  # long enough to be stopped
+    trial = Trial(spec.trial_id, spec, "tf-cnn long")
+    ctx = execute.TrialContext("s", str(tmp_path), None, devices=("cpu",), retries=0, threads=1)
+    stop.clear_stop()
+    timer = threading.Timer(1.0, stop.request_stop, ("test",))
+    timer.start()
+    try:
+        outcome = execute.execute_trial(trial, ctx)
+    finally:
+        timer.cancel()
+    record = load_record(tmp_path, trial.trial_id)
+    assert outcome.status == "preempted", record.get("error")
+    assert record["status"] == "preempted" and record["error"].startswith("pre-empted at epoch")
+    ckpt = stop.checkpoint_path(tmp_path, trial.trial_id)
+    assert checkpoint_complete(ckpt)
+    assert json.loads(ckpt.with_suffix(".json").read_text())["step"] > 0
+    stop.clear_stop()
+    again = execute.execute_trial(trial, ctx)
+    record = load_record(tmp_path, trial.trial_id)
+    assert again.status == "ok" and record["status"] == "ok" and record["attempt"] == 1
+    assert len(record["history"]) == 40 and not ckpt.exists()
