@@ -1,6 +1,7 @@
 """Stopping a run at a step and resuming it: train(should_stop=...), run_trial(checkpoint_path=...)
 and the runner, with real (tiny) training. A resumed run must equal an uninterrupted one."""
 import json
+import logging
 import threading
 from dataclasses import replace
 
@@ -112,8 +113,13 @@ def test_an_incomplete_checkpoint_is_ignored_and_the_run_starts_afresh(tmp_path,
     straight = tiny()
     full = train(straight, data, CONFIG)
     model = tiny()
-    with caplog.at_level("WARNING", logger="opswap"):
-        result = train(model, data, CONFIG, checkpoint=ckpt, resume=True)
+    logger = logging.getLogger("opswap")
+    logger.addHandler(caplog.handler)  # the command line may have stopped it propagating
+    try:
+        with caplog.at_level("WARNING", logger="opswap"):
+            result = train(model, data, CONFIG, checkpoint=ckpt, resume=True)
+    finally:
+        logger.removeHandler(caplog.handler)
     assert "incomplete" in caplog.text and untimed(result.history) == untimed(full.history)
     same_weights(straight, model)
     ckpt.with_suffix(".state.pt").unlink()

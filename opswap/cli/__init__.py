@@ -60,11 +60,26 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
 
+class _Stderr(logging.StreamHandler):
+    """A handler writing to whatever `sys.stderr` is when a message comes (callers may swap it)."""
+
+    def __init__(self):
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def _logging() -> None:
     """Domain modules log to the "opswap" logger; the command line shows it on stderr."""
     logger = logging.getLogger("opswap")
     if not any(getattr(h, "_opswap_cli", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _Stderr()
         handler.setFormatter(logging.Formatter("%(message)s"))
         handler._opswap_cli = True
         logger.addHandler(handler)

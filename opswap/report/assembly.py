@@ -22,11 +22,11 @@ from matplotlib.figure import Figure
 from scipy import stats
 
 from opswap.report.blocks import Block
+from opswap.report.numbers import MISSING, mean_sd as _mean_sd, p_text as _p, welch as _welch
 
 __all__ = ["is_assembly", "assembly_blocks", "pick_table", "welch_table", "cost_error_table", "additivity_table",
            "accuracy_vs_cost", "predicted_vs_actual"]
 
-MISSING = "—"
 _COST_METRICS = [("params", "params"), ("macs", "MACs"), ("latency_b1", "latency, batch 1"),
                  ("latency_batch", "latency, throughput batch")]
 _SCORES = [("score_replace1", "Σ replace-1 Δ"), ("score_distill_loss", "−Σ held-out distill loss"),
@@ -52,32 +52,9 @@ def _reference(frame: pd.DataFrame) -> pd.DataFrame:
                  & frame["test_acc"].notna()]
 
 
-def _mean_sd(values: pd.Series, digits: int = 2) -> str:
-    values = values.dropna()
-    if values.empty:
-        return MISSING
-    if len(values) == 1:
-        return f"{values.iloc[0]:.{digits}f} (n=1)"
-    return f"{values.mean():.{digits}f} ± {values.std(ddof=1):.{digits}f} (n={len(values)})"
-
-
 def _order(method: str) -> tuple:
     return (["milp", "greedy", "random", "uniform"].index(method.split(" ")[0])
             if method.split(" ")[0] in ("milp", "greedy", "random", "uniform") else 9, method)
-
-
-def _welch(a: pd.Series, b: pd.Series) -> tuple[float, float]:
-    a, b = a.dropna().to_numpy(float), b.dropna().to_numpy(float)
-    if len(a) < 2 or len(b) < 2 or (a.std() == 0 and b.std() == 0):
-        return math.nan, math.nan
-    with warnings.catch_warnings():  # nearly identical samples: scipy warns, the p-value is still given
-        warnings.simplefilter("ignore", RuntimeWarning)
-        result = stats.ttest_ind(a, b, equal_var=False)
-    return float(result.statistic), float(result.pvalue)
-
-
-def _p(p: float) -> str:
-    return MISSING if not math.isfinite(p) else ("<0.001" if p < 0.001 else f"{p:.3f}")
 
 
 def pick_table(frame: pd.DataFrame) -> pd.DataFrame:

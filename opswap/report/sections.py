@@ -25,6 +25,7 @@ from opswap.analysis.results import SETTING_COLUMNS
 from opswap.report.assembly import assembly_blocks, is_assembly
 from opswap.report.blocks import Block
 from opswap.report.prediction import predictability_section
+from opswap.report.pruning import pruning_blocks
 
 
 @dataclass(frozen=True)
@@ -170,6 +171,7 @@ def sections(frame: pd.DataFrame, history: pd.DataFrame, context: ReportContext,
         if sparse:
             sections["Sparsity"] = [Block("figure", figures.accuracy_vs_sparsity(frame),
                                           "test accuracy against target sparsity", "sparsity")]
+            sections["Pruning: accuracy, latency and storage"] = pruning_blocks(frame)
     bad = frame[frame["status"] != "ok"]
     if len(bad):
         failures = pd.DataFrame({
