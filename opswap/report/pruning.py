@@ -22,6 +22,7 @@ import math
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 from opswap.report.blocks import Block
 from opswap.report.numbers import MISSING, mean_sd, p_text, welch
@@ -40,7 +41,9 @@ def is_pruning(frame: pd.DataFrame) -> bool:
 
 
 def _column(frame: pd.DataFrame, name: str) -> pd.Series:
-    return pd.to_numeric(frame[name], errors="coerce") if name in frame else pd.Series(np.nan, index=frame.index)
+    if name not in frame:
+        return pd.Series(np.nan, index=frame.index, dtype=float)
+    return pd.to_numeric(frame[name], errors="coerce").astype(float)
 
 
 def pruning_frame(frame: pd.DataFrame) -> pd.DataFrame:
@@ -52,6 +55,10 @@ def pruning_frame(frame: pd.DataFrame) -> pd.DataFrame:
     sparsity = pd.to_numeric(data.get("sparsity", 0.0), errors="coerce").fillna(0.0)
     prune = data["prune"].fillna("none") if "prune" in data else pd.Series("none", index=data.index)
     data["variant"] = np.where(pruned, [f"{p} {s:g}" for p, s in zip(prune, sparsity)], "dense")
+    if "method" in data:  # a methods study names its variants (two channel modes at 0.5 stay apart)
+        named = data["method"].notna() & pruned
+        data.loc[named, "variant"] = data.loc[named, "method"].astype(str)
+    data["method_kind"] = np.where(pruned, prune, "dense")
     data["context"] = [_context(row) for _, row in data.iterrows()]
     dense_b1, dense_batch = _column(data, "latency_ms_b1"), _column(data, "latency_ms_batch")
     deployed_b1, deployed_batch = _column(data, "deployed_ms_b1"), _column(data, "deployed_ms_batch")
@@ -65,6 +72,14 @@ def pruning_frame(frame: pd.DataFrame) -> pd.DataFrame:
     stored = _column(data, "deployed_bytes")
     stored = stored.where(stored.notna(), _column(data, "csr_bytes"))
     data["stored_bytes"] = np.where(pruned, stored.where(stored.notna(), dense_bytes), dense_bytes)
+    # The smallest form the weights can be kept in (CSR for unstructured masks, values + positions
+    # for N:M, the smaller dense net for channels), whether or not it is the fastest to run.
+    forms = pd.concat({name: _column(data, column) for name, column in
+                       (("deployed", "deployed_bytes"), ("csr", "csr_bytes"), ("n:m", "nm_bytes"),
+                        ("channels removed", "structured_bytes"), ("dense", "dense_bytes"))}, axis=1)
+    data["smallest_bytes"] = forms.min(axis=1, skipna=True)
+    known = forms.notna().any(axis=1)
+    data["smallest_form"] = np.where(known, forms.fillna(np.inf).idxmin(axis=1), None) if len(forms) else None
     data["dense_bytes_of_net"] = dense_bytes
     return data
 
@@ -93,7 +108,10 @@ def _order(variant: str) -> tuple:
     if variant == "dense":
         return (0, "", 0.0)
     method, _, level = variant.rpartition(" ")
-    return (1, method, float(level))
+    try:
+        return (1, method, float(level))
+    except ValueError:  # a method's own name, e.g. "nm 2:4"
+        return (1, variant, 0.0)
 
 
 def pruning_table(frame: pd.DataFrame) -> pd.DataFrame:
@@ -116,12 +134,22 @@ def pruning_table(frame: pd.DataFrame) -> pd.DataFrame:
                 "Δ vs dense (pts)": MISSING if not math.isfinite(delta) else f"{delta:+.2f}",
                 "Welch t": MISSING if not math.isfinite(t) else f"{t:+.2f}", "p": p_text(p),
                 "latency b1 (ms)": mean_sd(part["latency_b1"], 3),
+                "latency batch (ms)": mean_sd(part["latency_batch"], 1),
                 "speed-up b1": _times(part["speedup_b1"]),
                 "speed-up batch": _times(part["speedup_batch"]),
                 "stored": _bytes(part["stored_bytes"].mean()),
                 "bytes vs dense": MISSING if not math.isfinite(ratio) else f"{ratio:.2f}×",
+                "smallest storage vs dense": _smallest(part),
             })
     return pd.DataFrame(rows)
+
+
+def _smallest(part: pd.DataFrame) -> str:
+    ratio = (part["smallest_bytes"] / part["dense_bytes_of_net"]).mean()
+    if not math.isfinite(ratio):
+        return MISSING
+    forms = part["smallest_form"].dropna().unique() if part["smallest_form"].notna().any() else []
+    return f"{ratio:.2f}×" + (f" ({', '.join(sorted(map(str, forms)))})" if len(forms) else "")
 
 
 def _times(values: pd.Series) -> str:
@@ -149,19 +177,21 @@ def accuracy_vs_cost(frame: pd.DataFrame) -> Figure:
     contexts = sorted(data["context"].unique())
     figure = Figure(figsize=(10, 3.6 * max(1, len(contexts))), layout="constrained")
     axes = figure.subplots(max(1, len(contexts)), 2, squeeze=False)
-    methods = sorted({v.rpartition(" ")[0] for v in data["variant"] if v != "dense"})
+    methods = sorted(set(data["method_kind"]) - {"dense"})
     colours = {m: f"C{i % 10}" for i, m in enumerate(methods)}
     for row, context in zip(axes, contexts):
         group = data[data["context"] == context]
-        for ax, x, label in ((row[0], "latency_b1", "latency, batch 1 (ms, deployed form)"),
+        batch = pd.to_numeric(group.get("latency_batch_size"), errors="coerce").dropna()
+        size = f"batch {int(batch.iloc[0])}" if len(batch) else "throughput batch"
+        for ax, x, label in ((row[0], "latency_batch", f"latency, {size} (ms, deployed form)"),
                              (row[1], "stored_bytes", "stored bytes")):
             for variant in sorted(group["variant"].unique(), key=_order):
                 part = group[group["variant"] == variant]
                 xs, ys = pd.to_numeric(part[x], errors="coerce"), part["test_acc"]
                 if xs.notna().sum() == 0:
                     continue
-                method = variant.rpartition(" ")[0]
-                style = dict(color="black", marker="s") if variant == "dense" else \
+                method = part["method_kind"].iloc[0]
+                style = dict(color="black", marker="s") if method == "dense" else \
                     dict(color=colours[method], marker="o")
                 ax.errorbar(xs.mean(), ys.mean(), xerr=xs.std(ddof=1) if len(part) > 1 else None,
                             yerr=ys.std(ddof=1) if len(part) > 1 else None, capsize=3, ls="none", **style)
@@ -170,6 +200,7 @@ def accuracy_vs_cost(frame: pd.DataFrame) -> Figure:
             ax.set(xlabel=label, ylabel="test accuracy (%)", title=context)
             if x == "stored_bytes":
                 ax.set_xscale("log")
+                ax.xaxis.set_minor_formatter(NullFormatter())
     return figure
 
 
@@ -186,11 +217,14 @@ def pruning_blocks(frame: pd.DataFrame) -> list[Block]:
                  "trials as units). Latency is that of the deployed form — per layer the fastest of dense, "
                  "CSR and the structured form, measured on the device — and the speed-up is measured inside "
                  "each trial (the trained network timed dense, then deployed). Stored bytes are those of "
-                 "the deployed form; dense weights take 4 bytes each.")]
+                 "the deployed form; dense weights take 4 bytes each. The smallest storage is the least of the "
+                 "forms the weights can be kept in (CSR, N:M values with positions, the net with channels "
+                 "removed), whether or not it runs fastest.")]
     if missing.any():
         out.append(Block("text", f"{int(missing.sum())} variant(s) have no dense counterpart in this study "
                                  "(add sparsity = 0 or prune = \"none\" to compare them)."))
     out.append(Block("table", table, "pruned variants vs dense: accuracy, latency, speed-up and storage"))
-    out.append(Block("figure", accuracy_vs_cost(frame), "test accuracy against measured latency (left) and "
-                     "stored bytes (right); mean ± sd over seeds, dense as a black square", "pruning"))
+    out.append(Block("figure", accuracy_vs_cost(frame), "test accuracy against measured latency at the "
+                     "throughput batch (left; steadier than batch 1) and stored bytes (right); mean ± sd over "
+                     "seeds, dense as a black square", "pruning"))
     return out
