@@ -181,7 +181,7 @@ def accuracy_vs_cost(frame: pd.DataFrame) -> Figure:
     colours = {m: f"C{i % 10}" for i, m in enumerate(methods)}
     for row, context in zip(axes, contexts):
         group = data[data["context"] == context]
-        batch = pd.to_numeric(group.get("latency_batch_size"), errors="coerce").dropna()
+        batch = _column(group, "latency_batch_size").dropna()
         size = f"batch {int(batch.iloc[0])}" if len(batch) else "throughput batch"
         for ax, x, label in ((row[0], "latency_batch", f"latency, {size} (ms, deployed form)"),
                              (row[1], "stored_bytes", "stored bytes")):
