@@ -176,6 +176,30 @@ def test_broken_files_are_refused_before_any_work(tmp_path, capsys, monkeypatch,
     assert _files(tmp_path) == before
 
 
+@pytest.mark.parametrize("argv", [
+    ["train", "--model", "tf-cnn", "--dataset", "synthetic", "--out", "{ro}/x"],
+    ["run", "{study}", "--results", "{ro}/results"],
+])
+def test_an_unwritable_output_folder_is_refused_before_any_work(tmp_path, capsys, monkeypatch, argv):
+    """As root os.access says every folder is writable, except on a read-only mount: stand one in."""
+    import os
+
+    from opswap.cli import _common
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    study = tmp_path / "s.toml"
+    study.write_text('name = "s"\nmodel = "wrn-10-1"\ndataset = "synthetic"\nkind = "methods"\n'
+                     '[[methods]]\nname = "dense"\n')
+    real = os.access
+    monkeypatch.setattr(_common.os, "access", lambda p, mode: False if Path(p) == ro else real(p, mode))
+    before = _files(tmp_path)
+    assert _run([a.format(ro=ro, study=study) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert f"'{ro}' is not writable" in err and "Traceback" not in err
+    assert _files(tmp_path) == before
+
+
 def test_a_read_only_results_root_is_refused_up_front(tmp_path, capsys):
     import os
 
