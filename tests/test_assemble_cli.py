@@ -102,3 +102,34 @@ def test_every_option_has_help(capsys):
     parser = argparse.ArgumentParser()
     assemble.add_arguments(parser)
     assert all(a.help for a in parser._actions)
+
+
+def test_objective_predicted_maximises_the_scores_of_opswap_predict(files, capsys, tmp_path):
+    # Δ per cell as `opswap predict --all --format csv` writes it: measured where known, else predicted.
+    scores = tmp_path / "pred.csv"
+    scores.write_text("epochs,position,op,seeds_done,measured_delta,predicted_delta\n"
+                      "3,1,identity,2,-5.0,-1.0\n3,1,mbconv_e6_k3,0,,0.5\n3,2,mbconv_e6_k3,2,2.0,-3.0\n"
+                      "3,3,mbconv_e6_k3,0,,-0.25\n")
+    assert cli(["assemble", *_args(files, "--budget", "macs=0.999", "--objective", "predicted", "--scores",
+                                   str(scores), "-k", "1", "--format", "json")]) == 0
+    best = json.loads(capsys.readouterr().out)["solutions"][0]
+    assert best["changed"] == {"1": "mbconv_e6_k3", "2": "mbconv_e6_k3"} and best["score"] == pytest.approx(2.5)
+    assert cli(["assemble", *_args(files, "--budget", "macs=0.999", "--objective", "predicted", "--scores",
+                                   str(scores), "--score-column", "predicted_delta", "-k", "1",
+                                   "--format", "json")]) == 0
+    best = json.loads(capsys.readouterr().out)["solutions"][0]
+    assert best["changed"] == {"1": "mbconv_e6_k3"} and best["score"] == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--objective", "predicted"], "--objective predicted reads its scores from --scores"),
+    (["--scores", "x.csv"], "--objective predicted reads its scores from --scores"),
+    (["--objective", "predicted", "--scores", "missing.csv"], "does not exist"),
+    (["--objective", "predicted", "--scores", "{bad}"], "needs columns op, position, predicted_delta"),
+])
+def test_objective_predicted_refuses_bad_score_files(files, capsys, tmp_path, extra, message):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("position,value\n1,2.0\n")
+    extra = [e.format(bad=bad) for e in extra]
+    assert cli(["assemble", *_args(files, "--budget", "macs=0.9", *extra)]) == 2
+    assert message in capsys.readouterr().err

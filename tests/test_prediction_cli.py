@@ -119,3 +119,16 @@ def test_predict_refuses_a_methods_study(tmp_path, capsys):
     path.write_text('name = "m"\nkind = "methods"\ndataset = "synthetic"\n[[methods]]\nname = "a"\nmodel = "tf-cnn"\n')
     assert main(["predict", str(path), "--results", str(tmp_path)]) == 2
     assert "predicts the cells of a substitution study" in capsys.readouterr().err
+
+
+def test_predict_all_gives_finished_cells_too_each_predicted_from_the_others(half, capsys):
+    path, results, _ = half
+    only_two = ["--set", "seeds=[0, 1]"]  # seeds 0 and 1 are done: only the cell never run is pending
+    assert main(["predict", str(path), "--results", str(results), "--format", "json", *only_two]) == 0
+    assert [(r["position"], r["op"]) for r in json.loads(capsys.readouterr().out)] == [PENDING_CELL]
+    assert main(["predict", str(path), "--results", str(results), "--format", "json", "--all", *only_two]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 15
+    finished = [r for r in rows if (r["position"], r["op"]) != PENDING_CELL]
+    assert all(r["seeds_done"] == 2 and r["measured_delta"] is not None for r in finished)
+    assert all(r["trained_on"] == 13 for r in finished)  # never itself

@@ -15,6 +15,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=FORMATS, default="table", help="output format")
     parser.add_argument("--level", type=float, default=0.9, metavar="L",
                         help="coverage of the prediction intervals, in (0, 1)")
+    parser.add_argument("--all", dest="all_cells", action="store_true",
+                        help="every cell, not only the pending ones: a finished cell is predicted from the "
+                             "others, beside its measured Δ (e.g. for `opswap assemble --objective predicted`)")
 
 
 def _number(value, digits: int = 2):
@@ -51,7 +54,7 @@ def main(args: argparse.Namespace) -> int:
     results = Path(args.results)
     if results.exists() and not results.is_dir():
         raise ValueError(f"--results {str(results)!r} is a file, not a results folder")
-    result = predict_study(study, results, level=args.level)
+    result = predict_study(study, results, level=args.level, all_cells=args.all_cells)
     rows = rows_of(result.forecast.table.sort_values(["epochs", "predicted"], ascending=[True, False]))
     if args.format == "table":
         f = result.forecast

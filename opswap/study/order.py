@@ -56,8 +56,9 @@ def _pending(study: Study, trials: tuple[Trial, ...] | list[Trial], root: Path) 
 
 
 def predict_study(study: Study, results_dir: str | Path = "results", *, level: float = 0.9,
-                  expansion: Expansion | None = None) -> StudyForecast:
-    """Predicted Δ (with `level` intervals) of every cell of `study` that has pending trials."""
+                  expansion: Expansion | None = None, all_cells: bool = False) -> StudyForecast:
+    """Predicted Δ (with `level` intervals) of every cell of `study` that has pending trials
+    (`all_cells`: of every cell, a finished one predicted from the other cells, beside its measured Δ)."""
     from opswap.analysis.results import load_results
     from opswap.ops import parse_op
 
@@ -68,7 +69,7 @@ def predict_study(study: Study, results_dir: str | Path = "results", *, level: f
     if frame is not None:
         frame = frame[frame["trial_id"].isin(ids)]
     pending = _pending(study, expansion.trials, root)
-    keys = sorted({k for t in pending if (k := _cell_key(t)) is not None})
+    keys = sorted({k for t in (expansion.trials if all_cells else pending) if (k := _cell_key(t)) is not None})
     targets = pd.DataFrame(keys, columns=CELL_KEYS)
     targets["op_family"] = [parse_op(o).family for o in targets["op"]]
     features_path = root / FEATURES_FILE
