@@ -166,26 +166,33 @@ def test_run_trial_preempted_then_resumed_gives_the_uninterrupted_record(tmp_pat
         assert second["metrics"][key] == plain["metrics"][key], key
 
 
-def test_the_runner_resumes_a_stopped_trial_and_removes_its_checkpoint(tmp_path, npz):
-    spec = replace(spec_of(npz), save_weights=False)
-    spec = TrialSpec.create(**{**spec.to_settings(), "epochs": 40})  # long enough to be stopped
+def test_sigterm_mid_trial_then_the_runner_resumes_it_to_the_uninterrupted_history(tmp_path, npz):
+    import os
+    import signal
+
+    spec = TrialSpec.create(**{**spec_of(npz).to_settings(), "epochs": 30, "save_weights": False})
+    straight = run_trial(spec, study="s")  # the same trial, never interrupted
+    assert straight["status"] == "ok"
     trial = Trial(spec.trial_id, spec, "tf-cnn long")
     ctx = execute.TrialContext("s", str(tmp_path), None, devices=("cpu",), retries=0, threads=1)
     stop.clear_stop()
-    timer = threading.Timer(1.0, stop.request_stop, ("test",))
+    before = signal.getsignal(signal.SIGTERM)
+    timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM))  # what SLURM sends on pre-emption
     timer.start()
     try:
         outcome = execute.execute_trial(trial, ctx)
     finally:
         timer.cancel()
+    assert signal.getsignal(signal.SIGTERM) == before  # the runner's handler is gone again
     record = load_record(tmp_path, trial.trial_id)
     assert outcome.status == "preempted", record.get("error")
-    assert record["status"] == "preempted" and record["error"].startswith("pre-empted at epoch")
+    assert record["status"] == "preempted" and record["error"].startswith("pre-empted (SIGTERM)")
     ckpt = stop.checkpoint_path(tmp_path, trial.trial_id)
-    assert checkpoint_complete(ckpt)
-    assert json.loads(ckpt.with_suffix(".json").read_text())["step"] > 0
+    meta = json.loads(ckpt.with_suffix(".json").read_text())
+    assert checkpoint_complete(ckpt) and 0 < meta["step"] < 30 * 3 and meta["in_epoch"] is not None
     stop.clear_stop()
     again = execute.execute_trial(trial, ctx)
     record = load_record(tmp_path, trial.trial_id)
-    assert again.status == "ok" and record["status"] == "ok" and record["attempt"] == 1
-    assert len(record["history"]) == 40 and not ckpt.exists()
+    assert again.status == "ok" and record["status"] == "ok" and record["attempt"] == 1  # no attempt used up
+    assert untimed(record["history"]) == untimed(straight["history"])  # resumed from the step, not epoch 0
+    assert record["metrics"]["test_acc"] == straight["metrics"]["test_acc"] and not ckpt.exists()

@@ -196,13 +196,17 @@ def _run(record, spec: TrialSpec, teacher, bank, device, progress, weights_path,
         pruner = _sparsify(model, spec, steps)
     resumable = {}
     if checkpoint_path is not None:
-        from opswap.run.stop import stop_requested
+        from opswap.run import stop
 
-        resumable = {"checkpoint": checkpoint_path, "resume": True, "should_stop": stop_requested}
+        resumable = {"checkpoint": checkpoint_path, "resume": True, "should_stop": stop.stop_requested}
     result = train(model, data, config, device=device, teacher=teacher_model, pruner=pruner,
                    progress=progress, eval_split="val" if data.x_val is not None else "test", **resumable)
     if result.status == "preempted":  # resumes from the checkpoint; measured when it finishes
-        record.update(status="preempted", error=result.error, history=result.history,
+        from opswap.run.stop import stop_reason
+
+        reason = stop_reason()
+        error = result.error.replace("pre-empted", f"pre-empted ({reason})", 1) if reason else result.error
+        record.update(status="preempted", error=error, history=result.history,
                       metrics={"params": params, "macs": macs, "precision": result.precision})
         return
     metrics = {**result.metrics, "params": params, "macs": macs, "precision": result.precision,
