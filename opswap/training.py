@@ -114,6 +114,7 @@ class TrainResult:
     metrics: dict = field(default_factory=dict)
     error: str | None = None
     precision: str = "fp32"  # what config.precision resolved to on the device: fp32 | bf16
+    prior_seconds: float = 0.0  # training seconds spent before this call, in the runs it resumed
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig,
@@ -209,8 +210,15 @@ def train(model: nn.Module, data: ImageData, config: TrainConfig, *, device=None
         pruner.before_training(model, optimizer)
     history: list[dict] = []
     start_epoch, step, partial = 0, 0, None
+    prior_seconds, run_start = 0.0, time.perf_counter()
     if resume and checkpoint and Path(checkpoint).is_file() and not checkpoint_complete(checkpoint):
         log.warning(f"checkpoint {checkpoint} is incomplete (its writer was stopped mid-write); starting afresh")
+    elif resume and checkpoint and Path(checkpoint).is_file() and \
+            _saved_precision(checkpoint) not in (None, precision):
+        # precision "auto" resolves per device: a run stopped on a bf16 GPU and resumed on a CPU
+        # (fp32) cannot continue the same arithmetic, so it starts again rather than failing.
+        log.warning(f"checkpoint {checkpoint} was written in {_saved_precision(checkpoint)} and this device runs "
+                    f"{precision}; starting afresh")
     elif resume and checkpoint and Path(checkpoint).is_file():
         state = load_checkpoint(checkpoint, model, optimizer, pruner, scheduler=scheduler, device=device)
         saved = state.get("config") or config.to_dict()
@@ -222,6 +230,7 @@ def train(model: nn.Module, data: ImageData, config: TrainConfig, *, device=None
                              + ", ".join(f"{k} {a!r} (now {b!r})" for k, (a, b) in changed.items()))
         start_epoch, step, history = state["epoch"], state["step"], state["history"]
         partial = state.get("in_epoch")  # stopped inside epoch start_epoch + 1
+        prior_seconds = float(state.get("elapsed") or 0.0)
         if "scheduler" not in state:  # a checkpoint from before schedulers were saved
             for _ in range(step):
                 _step_scheduler(scheduler)
@@ -266,7 +275,8 @@ def train(model: nn.Module, data: ImageData, config: TrainConfig, *, device=None
             if (not cuda or i % 25 == 24 or i == steps_per_epoch - 1) and not torch.isfinite(loss_sum):
                 bar.close()
                 error = f"loss became {loss.item()} at epoch {epoch + 1}, step {step}"
-                return TrainResult("diverged", history, _final(history, last_eval, precision), error, precision)
+                return TrainResult("diverged", history, _final(history, last_eval, precision), error, precision,
+                                   prior_seconds)
             bar.update(1)
             if should_stop is not None and should_stop():
                 bar.close()
@@ -275,9 +285,9 @@ def train(model: nn.Module, data: ImageData, config: TrainConfig, *, device=None
                                 "correct": int(correct.item()), "seconds": time.perf_counter() - t0, "lr": lr}
                     save_checkpoint(checkpoint, model, optimizer, pruner, epoch=epoch, step=step, history=history,
                                     data_rng=epoch_rng, config=config, scheduler=scheduler, precision=precision,
-                                    in_epoch=in_epoch)
+                                    in_epoch=in_epoch, elapsed=prior_seconds + time.perf_counter() - run_start)
                 error = f"pre-empted at epoch {epoch + 1}, step {step}" + ("" if checkpoint else " (no checkpoint)")
-                return TrainResult("preempted", history, {}, error, precision)
+                return TrainResult("preempted", history, {}, error, precision, prior_seconds)
         if cuda:
             torch.cuda.synchronize()
         train_seconds = time.perf_counter() - t0
@@ -295,12 +305,13 @@ def train(model: nn.Module, data: ImageData, config: TrainConfig, *, device=None
         if checkpoint:
             save_checkpoint(checkpoint, model, optimizer, pruner, epoch=epoch + 1, step=step, history=history,
                             data_rng=batches.generator.get_state(), config=config, scheduler=scheduler,
-                            precision=precision)
+                            precision=precision, elapsed=prior_seconds + time.perf_counter() - run_start)
     bar.close()
     for split in ("test", "val") if data.x_val is not None else ("test",):
         if split not in last_eval:  # a run resumed after its last epoch, or val not watched
             last_eval[split] = evaluate_split(split)
-    return TrainResult("ok", history, _final(history, last_eval, precision), precision=precision)
+    return TrainResult("ok", history, _final(history, last_eval, precision), precision=precision,
+                       prior_seconds=prior_seconds)
 
 
 def _loss(logits, y, x, teacher, config: TrainConfig):
@@ -459,7 +470,8 @@ def load_weights(model: nn.Module, path: str | os.PathLike, *, strict: bool = Tr
 
 def save_checkpoint(path, model, optimizer, pruner=None, *, epoch: int, step: int, history: list[dict],
                     data_rng: torch.Tensor, config: TrainConfig | None = None, scheduler=None,
-                    precision: str | None = None, in_epoch: dict | None = None) -> None:
+                    precision: str | None = None, in_epoch: dict | None = None,
+                    elapsed: float | None = None) -> None:
     """Weights (safetensors), optimiser/scheduler/pruner/RNG state (tensors, numbers) and progress (JSON).
 
     `epoch` counts finished epochs; `in_epoch` (batches done, their loss sum, correct count, images
@@ -479,8 +491,15 @@ def save_checkpoint(path, model, optimizer, pruner=None, *, epoch: int, step: in
         torch.save(state, tmp)
     meta = {"epoch": epoch, "step": step, "history": history,
             "config": config.to_dict() if config is not None else None, "precision": precision,
-            "in_epoch": in_epoch, "token": token}
+            "in_epoch": in_epoch, "elapsed": elapsed, "token": token}
     write_text(path.with_suffix(".json"), json.dumps(meta, indent=1))
+
+
+def _saved_precision(path) -> str | None:
+    try:
+        return json.loads(Path(path).with_suffix(".json").read_text()).get("precision")
+    except (OSError, ValueError):
+        return None
 
 
 def checkpoint_complete(path) -> bool:

@@ -1,4 +1,5 @@
 """Precision: what auto resolves to, and bf16 / channels_last runs that learn and repeat exactly."""
+import json
 from dataclasses import replace
 
 import pytest
@@ -156,7 +157,7 @@ def test_bf16_resume_continues_exactly_with_scheduler_state(tmp_path, data, sche
     assert all(torch.equal(a, b) for a, b in zip(straight.state_dict().values(), resumed_model.state_dict().values()))
 
 
-def test_resume_refuses_another_resolved_precision(tmp_path, data, monkeypatch):
+def test_resume_restarts_under_another_resolved_precision(tmp_path, data, monkeypatch):
     import opswap.training as T
 
     def auto_means(resolved):  # as if the checkpoint moved to a machine where auto means another precision
@@ -165,9 +166,10 @@ def test_resume_refuses_another_resolved_precision(tmp_path, data, monkeypatch):
     ckpt = tmp_path / "run.safetensors"
     auto_means("bf16")
     train(tiny(), data, TrainConfig(epochs=1, batch_size=32, precision="auto"), checkpoint=ckpt)
-    auto_means("fp32")
-    with pytest.raises(ValueError, match="precision \\(resolved\\)"):
-        train(tiny(), data, TrainConfig(epochs=2, batch_size=32, precision="auto"), checkpoint=ckpt, resume=True)
+    auto_means("fp32")  # the same arithmetic cannot go on: the run starts again (and then checkpoints in fp32)
+    result = train(tiny(), data, TrainConfig(epochs=2, batch_size=32, precision="auto"), checkpoint=ckpt, resume=True)
+    assert result.status == "ok" and result.precision == "fp32" and len(result.history) == 2
+    assert result.prior_seconds == 0.0 and json.loads(ckpt.with_suffix(".json").read_text())["precision"] == "fp32"
 
 
 @pytest.mark.cuda

@@ -196,3 +196,42 @@ def test_sigterm_mid_trial_then_the_runner_resumes_it_to_the_uninterrupted_histo
     assert again.status == "ok" and record["status"] == "ok" and record["attempt"] == 1  # no attempt used up
     assert untimed(record["history"]) == untimed(straight["history"])  # resumed from the step, not epoch 0
     assert record["metrics"]["test_acc"] == straight["metrics"]["test_acc"] and not ckpt.exists()
+
+
+def test_a_checkpoint_of_another_resolved_precision_is_not_resumed_but_restarted(tmp_path, data, caplog):
+    # precision "auto" resolves per device: bf16 on a GPU, fp32 on this CPU. A trial stopped on one
+    # and picked up on the other starts again instead of failing.
+    ckpt = tmp_path / "run.safetensors"
+    assert train(tiny(), data, CONFIG, checkpoint=ckpt, should_stop=StopAt(7)).status == "preempted"
+    meta = json.loads(ckpt.with_suffix(".json").read_text())
+    ckpt.with_suffix(".json").write_text(json.dumps({**meta, "precision": "bf16"}))  # as if from a bf16 device
+    assert checkpoint_complete(ckpt)
+    straight, model = tiny(), tiny()
+    full = train(straight, data, CONFIG)
+    logger = logging.getLogger("opswap")
+    logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level("WARNING", logger="opswap"):
+            result = train(model, data, CONFIG, checkpoint=ckpt, resume=True)
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert "written in bf16" in caplog.text and result.status == "ok" and result.prior_seconds == 0.0
+    assert untimed(result.history) == untimed(full.history)
+    same_weights(straight, model)
+
+
+def test_a_resumed_record_counts_the_time_before_its_preemption(tmp_path, npz, monkeypatch):
+    spec = spec_of(npz)
+    ckpt = stop.checkpoint_path(tmp_path, spec.trial_id)
+    ckpt.parent.mkdir()
+    monkeypatch.setattr(stop, "stop_requested", StopAt(7))
+    first = run_trial(spec, study="t", checkpoint_path=ckpt)
+    assert first["status"] == "preempted"
+    before = json.loads(ckpt.with_suffix(".json").read_text())["elapsed"]
+    assert 0 < before <= first["timing"]["seconds"]
+    monkeypatch.setattr(stop, "stop_requested", lambda: False)
+    result = train(tiny(), synthetic(40, 8, seed=3), replace(CONFIG, epochs=1))  # unrelated: no prior time
+    assert result.prior_seconds == 0.0
+    second = run_trial(spec, study="t", checkpoint_path=ckpt)
+    assert second["status"] == "ok" and second["timing"]["seconds"] > before
+    assert "_prior_seconds" not in second

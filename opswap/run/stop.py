@@ -14,8 +14,9 @@ The contract with the training engine (`opswap.training.train`, via `opswap.run.
    forwards it as `train(..., checkpoint=checkpoint_path, resume=True, should_stop=stop_requested)`.
    `train()` keeps its existing file layout beside that path: `<trial_id>.safetensors` (weights),
    `<trial_id>.state.pt` (optimiser, pruner, RNG, data order) and `<trial_id>.json` (epoch, step,
-   history, config), each written to a temporary file and renamed, so a kill mid-write leaves the
-   previous checkpoint whole.
+   history, config, training seconds so far), each written to a temporary file and renamed. The
+   three share one token: a set whose writer was killed between two renames is recognised and
+   not resumed from (the trial then starts afresh; such a kill costs the trial's progress).
 2. `train()` polls `should_stop()` after every optimiser step (a bool read: free). When it is true
    it saves the checkpoint at that step boundary, including the position inside the epoch, and
    returns `TrainResult(status="preempted", history=..., error="pre-empted at epoch E, step S")`.

@@ -161,7 +161,8 @@ def run_trial(spec: TrialSpec, *, trial_id: str | None = None, study: str = "tra
         _run(record, spec, teacher, bank, device, progress, weights_path, checkpoint_path)
     except Exception as err:  # a trial never takes its runner down: the failure is the record
         record.update(status="failed", error=_error_text(err))
-    record["timing"].update(finished=now(), seconds=time.perf_counter() - t0)
+    # A resumed run's time includes the stretches before its pre-emptions (from its checkpoint).
+    record["timing"].update(finished=now(), seconds=time.perf_counter() - t0 + record.pop("_prior_seconds", 0.0))
     return json_safe(record)  # what is returned is what is written: plain JSON, NaN as null
 
 
@@ -201,6 +202,8 @@ def _run(record, spec: TrialSpec, teacher, bank, device, progress, weights_path,
         resumable = {"checkpoint": checkpoint_path, "resume": True, "should_stop": stop.stop_requested}
     result = train(model, data, config, device=device, teacher=teacher_model, pruner=pruner,
                    progress=progress, eval_split="val" if data.x_val is not None else "test", **resumable)
+    if result.prior_seconds:
+        record["_prior_seconds"] = result.prior_seconds
     if result.status == "preempted":  # resumes from the checkpoint; measured when it finishes
         from opswap.run.stop import stop_reason
 

@@ -210,6 +210,10 @@ def prepare_plan(study: Study, teacher: str, bank: str, results_dir: str | Path,
     while load_plan(study, results_dir) is None:
         claim = try_claim(results_dir / "claims", "assembly-plan", stale_after=stale_after)
         if claim is None:  # another runner computes it
+            from opswap.run.stop import stop_reason, stop_requested
+
+            if stop_requested():  # a worker told to stop does not wait for another's assembly plan
+                raise RuntimeError(f"stopped ({stop_reason()}) while another runner computes the assembly plan")
             time.sleep(2.0)
             continue
         with claim:

@@ -72,6 +72,10 @@ def prepare_features(study: Study, expansion: Expansion, teacher: str | None, ba
     while not current():  # one runner computes them; others on the same folder wait
         claim = try_claim(Path(results_dir) / "claims", "features", stale_after=study.run.stale_after)
         if claim is None:
+            from opswap.run.stop import stop_reason, stop_requested
+
+            if stop_requested():  # a worker told to stop does not wait for another's features
+                raise RuntimeError(f"stopped ({stop_reason()}) while another runner computes the features")
             time.sleep(2.0)
             continue
         with claim:
