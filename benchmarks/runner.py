@@ -15,7 +15,6 @@ import os
 import platform
 import tempfile
 import time
-from pathlib import Path
 
 
 def trivial_trial(settings, *, trial_id, study, weights_path=None, teacher=None, bank=None, device=None,

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 import opswap
 from opswap.cli import main as cli_main

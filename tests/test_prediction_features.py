@@ -113,3 +113,21 @@ def test_predict_and_order_settings_are_validated(study, setting, message):
     with pytest.raises(StudyError) as err:
         load_study(file, [setting])
     assert message in str(err.value)
+
+
+def test_a_worker_told_to_stop_does_not_wait_for_another_runners_features(study):
+    from opswap.run import stop
+    from opswap.study.claims import try_claim
+
+    file, teacher, bank, root = study
+    s = load_study(file)
+    held = try_claim(root / "claims", "features", stale_after=s.run.stale_after)  # another runner computes them
+    assert held is not None
+    stop.request_stop("test")
+    try:
+        with pytest.raises(RuntimeError, match="stopped \\(test\\) while another runner computes the features"):
+            stage.prepare_features(s, expand_study(s), teacher, bank, root)
+    finally:
+        stop.clear_stop()
+        held.release()
+    assert not (root / FEATURES_FILE).exists()

@@ -23,7 +23,6 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from opswap.data import DATASETS
 from opswap.distill.engine import DistillConfig
-from opswap.run.spec import TRAIN_KEYS
 from opswap.sparse.methods import PRUNE_METHODS
 from opswap.track import SINKS
 from opswap.training import TrainConfig
