@@ -4,26 +4,13 @@ from dataclasses import replace
 
 import pytest
 import torch
-from torch import nn
 
 from opswap import precision as P
 from opswap.data import synthetic
 from opswap.training import TrainConfig, evaluate, load_checkpoint, train
+from tiny_models import tiny, untimed
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-TIMING = ("seconds", "images_per_s")
-
-
-def tiny(seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                         nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
-
-
-def untimed(history):
-    return [{k: v for k, v in row.items() if k not in TIMING} for row in history]
 
 
 @pytest.fixture(scope="module")

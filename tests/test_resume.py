@@ -19,20 +19,9 @@ from opswap.sparse.methods import make_pruner
 from opswap.study import execute
 from opswap.study.expand import Trial
 from opswap.training import TrainConfig, checkpoint_complete, load_checkpoint, train
+from tiny_models import tiny, untimed
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-TIMING = ("seconds", "images_per_s")
-
-
-def tiny(seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                         nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
-
-
-def untimed(history):
-    return [{k: v for k, v in row.items() if k not in TIMING} for row in history]
 
 
 class StopAt:
@@ -86,7 +75,7 @@ def test_a_pruned_run_resumes_exactly_too(tmp_path, data):
     from opswap.sparse.layers import sparsify
 
     def build(seed):
-        model = tiny(seed)
+        model = tiny(seed=seed)
         sparsify(model, 0.5)
         return model, make_pruner("dsr", model, sparsity=0.5, total_steps=15, period=4)
 

@@ -74,7 +74,7 @@ def test_defaults_of_a_minimal_study(tmp_path):
     ("epochs=[1, 2]", ("epochs", [1, 2])),
     ("train.lr=0.05", ("train.lr", 0.05)),
     ("dataset=npz", ("dataset", "npz")),
-    ("data=/tmp/x.npz", ("data", "/tmp/x.npz")),
+    ("data=data/x.npz", ("data", "data/x.npz")),
     ('init=["lana", "random"]', ("init", ["lana", "random"])),
     ("teacher.train=false", ("teacher.train", False)),
     ("positions=all", ("positions", "all")),

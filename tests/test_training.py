@@ -11,22 +11,10 @@ from torch import nn
 from opswap.data import load_dataset, synthetic
 from opswap.training import (TrainConfig, evaluate, load_checkpoint, load_weights, make_scheduler,
                              measure_latency, save_weights, train)
-
-TIMING = ("seconds", "images_per_s")
+from tiny_models import tiny, untimed
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def tiny(num_classes: int = 10, seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                         nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, num_classes))
-
-
-def untimed(history):
-    return [{k: v for k, v in row.items() if k not in TIMING} for row in history]
 
 
 @pytest.fixture(scope="module")
