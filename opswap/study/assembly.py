@@ -203,22 +203,13 @@ def assembly_trials(study: Study, results_dir: str | Path | None, *, base: Mappi
 def prepare_plan(study: Study, teacher: str, bank: str, results_dir: str | Path, *, device: str = "cpu",
                  stale_after: float = 120.0) -> Path:
     """Stage 3: costs beside the bank, then the picks per budget with predictions (reused when current)."""
-    from opswap.study.claims import try_claim
+    from opswap.study.claims import build_once
 
     results_dir = Path(results_dir)
     path = results_dir / PLAN_FILE
-    while load_plan(study, results_dir) is None:
-        claim = try_claim(results_dir / "claims", "assembly-plan", stale_after=stale_after)
-        if claim is None:  # another runner computes it
-            from opswap.run.stop import stop_reason, stop_requested
-
-            if stop_requested():  # a worker told to stop does not wait for another's assembly plan
-                raise RuntimeError(f"stopped ({stop_reason()}) while another runner computes the assembly plan")
-            time.sleep(2.0)
-            continue
-        with claim:
-            if load_plan(study, results_dir) is None:
-                write_json(path, _compute_plan(study, teacher, bank, results_dir, device))
+    build_once(results_dir / "claims", "assembly-plan", lambda: load_plan(study, results_dir) is not None,
+               lambda: write_json(path, _compute_plan(study, teacher, bank, results_dir, device)),
+               stale_after=stale_after, doing="computes the assembly plan")
     return path
 
 

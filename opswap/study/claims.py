@@ -56,7 +56,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Claim", "ClaimInfo", "try_claim", "read_claim", "claim_is_live", "write_json_atomic"]
+__all__ = ["Claim", "ClaimInfo", "try_claim", "build_once", "read_claim", "claim_is_live", "write_json_atomic"]
 
 _HOST = socket.gethostname()
 _MARKER = ".takeover"
@@ -316,3 +316,24 @@ def try_claim(claims_dir: str | Path, trial_id: str, *, stale_after: float = 120
         _sweep(claims_dir, trial_id, token, stale_after)
         return Claim(path, interval, token)
     return None
+
+
+def build_once(claims_dir: str | Path, name: str, current, build, *, stale_after: float, doing: str,
+               poll: float = 2.0) -> None:
+    """Make `current()` true: one runner calls `build()` under the claim `name`, the others wait.
+
+    A runner asked to stop (`opswap.run.stop`) while another one builds does not wait: it raises
+    RuntimeError ("stopped (SIGTERM) while another runner <doing>"), and the next worker goes on.
+    """
+    from opswap.run.stop import stop_reason, stop_requested
+
+    while not current():
+        claim = try_claim(claims_dir, name, stale_after=stale_after)
+        if claim is None:
+            if stop_requested():
+                raise RuntimeError(f"stopped ({stop_reason()}) while another runner {doing}")
+            time.sleep(poll)
+            continue
+        with claim:
+            if not current():
+                build()

@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from opswap.analysis.cells import FEATURES_FILE, read_features, write_features
-from opswap.study.claims import try_claim
+from opswap.study.claims import build_once
 from opswap.study.expand import Expansion
 from opswap.study.schema import Study
 
@@ -69,18 +69,9 @@ def prepare_features(study: Study, expansion: Expansion, teacher: str | None, ba
 
     if current():
         log.info(f"features: {len(pairs)} pairs, unchanged inputs → {path}")
-    while not current():  # one runner computes them; others on the same folder wait
-        claim = try_claim(Path(results_dir) / "claims", "features", stale_after=study.run.stale_after)
-        if claim is None:
-            from opswap.run.stop import stop_reason, stop_requested
-
-            if stop_requested():  # a worker told to stop does not wait for another's features
-                raise RuntimeError(f"stopped ({stop_reason()}) while another runner computes the features")
-            time.sleep(2.0)
-            continue
-        with claim:
-            if not current():
-                _compute(study, pairs, teacher, bank, path, key, device)
+    build_once(Path(results_dir) / "claims", "features", current,  # one runner computes them, others wait
+               lambda: _compute(study, pairs, teacher, bank, path, key, device),
+               stale_after=study.run.stale_after, doing="computes the features")
     return str(path)
 
 

@@ -19,9 +19,8 @@ from typing import Any
 
 from opswap.atomic import atomic_path, write_text
 from opswap.run.record import load_record, record_path
-from opswap.run.stop import stop_reason, stop_requested
 from opswap.study.assembly import bank_pairs, load_plan, plan_trial_fn, prepare_plan
-from opswap.study.claims import try_claim
+from opswap.study.claims import build_once
 from opswap.study.execute import RunSummary, TrialFn, resolve_devices, run_trials, trial_state
 from opswap.study.schema import Study
 from opswap.study.expand import Expansion, Trial, expand_study, teacher_spec
@@ -138,17 +137,9 @@ def prepare_bank(study: Study, expansion: Expansion, teacher: str | None, result
     def current() -> bool:
         return _bank_current(results_dir, key)
 
-    # One runner builds the bank; others on the same results folder wait for it.
-    while not current():
-        claim = try_claim(results_dir / "claims", "bank", stale_after=study.run.stale_after)
-        if claim is None:
-            if stop_requested():  # a worker told to stop does not wait for another's bank
-                raise RuntimeError(f"stopped ({stop_reason()}) while another runner builds the bank")
-            time.sleep(2.0)
-            continue
-        with claim:
-            if not current():
-                _build_bank(study, pairs, teacher, path, key_file, key, device, progress)
+    build_once(results_dir / "claims", "bank", current,
+               lambda: _build_bank(study, pairs, teacher, path, key_file, key, device, progress),
+               stale_after=study.run.stale_after, doing="builds the bank")
     return str(path)
 
 
