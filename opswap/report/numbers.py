@@ -12,14 +12,16 @@ __all__ = ["MISSING", "mean_sd", "welch", "p_text"]
 MISSING = "—"
 
 
-def mean_sd(values: pd.Series, digits: int = 2) -> str:
-    """`12.34 ± 0.56 (n=3)`; one value: `12.34 (n=1)`; none: —."""
+def mean_sd(values: pd.Series, digits: int = 2, *, unit: str = "", n: bool = True) -> str:
+    """`12.34 ± 0.56 (n=3)`; one value: `12.34 (n=1)`; none: —. `unit` follows the mean
+    (`2.00× ± 0.10`); `n=False` leaves the count out."""
     values = pd.to_numeric(values, errors="coerce").dropna()
     if values.empty:
         return MISSING
+    count = f" (n={len(values)})" if n else ""
     if len(values) == 1:
-        return f"{values.iloc[0]:.{digits}f} (n=1)"
-    return f"{values.mean():.{digits}f} ± {values.std(ddof=1):.{digits}f} (n={len(values)})"
+        return f"{values.iloc[0]:.{digits}f}{unit}{count}"
+    return f"{values.mean():.{digits}f}{unit} ± {values.std(ddof=1):.{digits}f}{count}"
 
 
 def welch(a: pd.Series, b: pd.Series) -> tuple[float, float]:

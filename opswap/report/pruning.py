@@ -135,8 +135,8 @@ def pruning_table(frame: pd.DataFrame) -> pd.DataFrame:
                 "Welch t": MISSING if not math.isfinite(t) else f"{t:+.2f}", "p": p_text(p),
                 "latency b1 (ms)": mean_sd(part["latency_b1"], 3),
                 "latency batch (ms)": mean_sd(part["latency_batch"], 1),
-                "speed-up b1": _times(part["speedup_b1"]),
-                "speed-up batch": _times(part["speedup_batch"]),
+                "speed-up b1": mean_sd(part["speedup_b1"], unit="×", n=False),
+                "speed-up batch": mean_sd(part["speedup_batch"], unit="×", n=False),
                 "stored": _bytes(part["stored_bytes"].mean()),
                 "bytes vs dense": MISSING if not math.isfinite(ratio) else f"{ratio:.2f}×",
                 "smallest storage vs dense": _smallest(part),
@@ -150,15 +150,6 @@ def _smallest(part: pd.DataFrame) -> str:
         return MISSING
     forms = part["smallest_form"].dropna().unique() if part["smallest_form"].notna().any() else []
     return f"{ratio:.2f}×" + (f" ({', '.join(sorted(map(str, forms)))})" if len(forms) else "")
-
-
-def _times(values: pd.Series) -> str:
-    values = pd.to_numeric(values, errors="coerce").dropna()
-    if values.empty:
-        return MISSING
-    if len(values) == 1:
-        return f"{values.iloc[0]:.2f}×"
-    return f"{values.mean():.2f}× ± {values.std(ddof=1):.2f}"
 
 
 def _bytes(value: float) -> str:
