@@ -211,15 +211,16 @@ def train(model: nn.Module, data: ImageData, config: TrainConfig, *, device=None
     history: list[dict] = []
     start_epoch, step, partial = 0, 0, None
     prior_seconds, run_start = 0.0, time.perf_counter()
-    if resume and checkpoint and Path(checkpoint).is_file() and not checkpoint_complete(checkpoint):
+    found = bool(resume and checkpoint and Path(checkpoint).is_file())
+    saved_precision = _saved_precision(checkpoint) if found else None
+    if found and not checkpoint_complete(checkpoint):
         log.warning(f"checkpoint {checkpoint} is incomplete (its writer was stopped mid-write); starting afresh")
-    elif resume and checkpoint and Path(checkpoint).is_file() and \
-            _saved_precision(checkpoint) not in (None, precision):
+    elif found and saved_precision not in (None, precision):
         # precision "auto" resolves per device: a run stopped on a bf16 GPU and resumed on a CPU
         # (fp32) cannot continue the same arithmetic, so it starts again rather than failing.
-        log.warning(f"checkpoint {checkpoint} was written in {_saved_precision(checkpoint)} and this device runs "
+        log.warning(f"checkpoint {checkpoint} was written in {saved_precision} and this device runs "
                     f"{precision}; starting afresh")
-    elif resume and checkpoint and Path(checkpoint).is_file():
+    elif found:
         state = load_checkpoint(checkpoint, model, optimizer, pruner, scheduler=scheduler, device=device)
         saved = state.get("config") or config.to_dict()
         changed = {k: (saved[k], v) for k, v in config.to_dict().items() if k in saved and saved[k] != v}
