@@ -409,37 +409,46 @@ class Latency(float):
 
 @torch.inference_mode()
 def measure_latency(model: nn.Module, batch_size: int = 1, *, input_shape=(3, 32, 32), device=None,
-                    warmup: int = 5, repeats: int = 20, min_run_time: float = 0.2,
+                    warmup: int = 5, repeats: int = 20, min_run_time: float = 0.2, block_s: float = 0.01,
                     precision: str = "fp32") -> Latency:
     """Forward time of one batch of `batch_size` on `device`: median and IQR over timed blocks.
 
-    `torch.utils.benchmark.Timer.blocked_autorange` (CUDA-synchronised, torch's current thread
-    count) times blocks for at least `min_run_time` seconds after `warmup` forwards, and at
-    least `repeats` blocks.
+    After `warmup` forwards, one timed forward sets the block size: enough forwards per block to
+    last `block_s` (so the timer's own overhead does not count), one forward when a forward is
+    longer. Then at least `repeats` blocks are timed, and more until they add up to
+    `min_run_time` seconds, each by `time.perf_counter` around CUDA synchronisations (at torch's
+    current thread count). The cost is bounded: about max(repeats * max(forward, block_s),
+    min_run_time) after the warm-up — unlike `torch.utils.benchmark`'s `blocked_autorange`, which
+    can ask for a hundred forwards of a small network per block, and whose `timeit` adds two
+    untimed forwards to every call.
     """
-    from torch.utils.benchmark import Timer
-
     device = resolve_device(device) if device is not None else next(model.parameters()).device
     precision = resolve_precision(precision, device)
     fmt = memory_format(device, precision)
     was_training = model.training
     model.eval().to(device, memory_format=fmt)
     x = torch.randn(batch_size, *input_shape, device=device).contiguous(memory_format=fmt)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
-    def forward():
-        with autocast(device, precision):
-            model(x)
+    def block(number: int) -> float:
+        """Seconds per forward over `number` forwards in a row."""
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(number):
+            with autocast(device, precision):
+                model(x)
+        sync()
+        return (time.perf_counter() - t0) / number
 
     for _ in range(warmup):
-        forward()
-    timer = Timer("forward()", globals={"forward": forward}, num_threads=torch.get_num_threads())
-    m = timer.blocked_autorange(min_run_time=min_run_time)
-    times = list(m.times)
-    while len(times) < repeats:
-        times += timer.timeit(m.number_per_run).times
+        block(1)
+    once = max(block(1), 1e-9)
+    number = max(1, math.ceil(block_s / once))
+    blocks = max(repeats, 1, math.ceil(min_run_time / (number * once)))
+    times = [block(number) for _ in range(blocks)]
     model.train(was_training)
     q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
-    return Latency(1000.0 * statistics.median(times), 1000.0 * (q[2] - q[0]), len(times), m.number_per_run)
+    return Latency(1000.0 * statistics.median(times), 1000.0 * (q[2] - q[0]), len(times), number)
 
 
 def save_weights(model: nn.Module, path: str | os.PathLike, metadata: dict | None = None) -> Path:

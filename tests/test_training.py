@@ -230,6 +230,27 @@ def test_latency_is_a_positive_median_with_its_spread():
     assert again == ms and again.to_dict() == ms.to_dict()
 
 
+def test_latency_of_a_slow_forward_costs_warmup_one_probe_and_the_repeats():
+    """A forward longer than a block is timed one per block: no hidden extra forwards."""
+    import time as _time
+
+    class Slow(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.zeros(1))
+            self.calls = 0
+
+        def forward(self, x):
+            self.calls += 1
+            _time.sleep(0.012)
+            return x
+
+    model = Slow()
+    ms = measure_latency(model, 2, warmup=2, repeats=5, min_run_time=0.0, block_s=0.01)
+    assert model.calls == 2 + 1 + 5 and ms.runs == 5 and ms.number_per_run == 1
+    assert ms >= 12.0
+
+
 def test_tiny_cnn_learns_cifar10_mini_above_chance(cifar10_mini):
     data = load_dataset("npz", cifar10_mini)
     result = train(tiny(), data, TrainConfig(epochs=1, batch_size=64, optimizer="adam", lr=3e-3,
