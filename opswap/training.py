@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim import lr_scheduler
 
+from opswap.allocator import keep_freed_memory
 from opswap.data import Batches, ImageData
 from opswap.precision import PRECISIONS, autocast, memory_format, resolve_precision, use_compile
 
@@ -192,6 +193,8 @@ def train(model: nn.Module, data: ImageData, config: TrainConfig, *, device=None
     if config.kd_weight > 0 and teacher is None:
         raise ValueError("kd_weight > 0 needs a teacher model")
     device = resolve_device(device)
+    if device.type == "cpu":
+        keep_freed_memory()  # glibc: no mmap + page faults per step (opswap.allocator)
     cuda = device.type == "cuda"
     precision = resolve_precision(config.precision, device)
     torch.manual_seed(config.seed)

@@ -264,3 +264,18 @@ def test_cuda_bf16_channels_last_learns(data):
     result = train(tiny(), data, TrainConfig(epochs=2, batch_size=32, precision="auto"), device="cuda")
     assert result.status == "ok" and result.metrics["test_acc"] > 15.0
     assert result.precision == ("bf16" if torch.cuda.is_bf16_supported() else "fp32")
+
+
+def test_keep_freed_memory_is_set_once_on_glibc_and_can_be_turned_off(monkeypatch):
+    import platform
+
+    from opswap import allocator
+
+    allocator.keep_freed_memory.cache_clear()
+    monkeypatch.setenv("OPSWAP_KEEP_FREED_MEMORY", "0")
+    assert allocator.keep_freed_memory() is False
+    allocator.keep_freed_memory.cache_clear()
+    monkeypatch.setenv("OPSWAP_KEEP_FREED_MEMORY", "1")
+    on_glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert allocator.keep_freed_memory() is on_glibc
+    allocator.keep_freed_memory.cache_clear()

@@ -26,6 +26,7 @@ from typing import Any, Iterable, Sequence
 import torch
 from torch import nn
 
+from opswap.allocator import keep_freed_memory
 from opswap.distill.bank import BankEntry, WeightBank, teacher_fingerprint
 from opswap.substitution import positions, valid_ops
 from opswap.precision import PRECISIONS, autocast, memory_format, resolve_precision
@@ -314,6 +315,8 @@ def distill_bank(teacher: nn.Module, data: Any, pairs: Sequence[tuple[int, Any]]
     if not resolved:
         raise ValueError("no (position, op) pairs to distil")
     device = resolve_device(device)
+    if device.type == "cpu":
+        keep_freed_memory()  # glibc: no mmap + page faults per step (opswap.allocator)
     precision = resolve_precision(config.precision, device)
     fingerprint = teacher_fingerprint(teacher)
     # A private copy: the caller's teacher keeps its mode, device, memory format and hooks.
