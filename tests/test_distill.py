@@ -59,6 +59,23 @@ def test_normalised_mse_is_relative_error_per_sample():
     assert normalised_mse(s.view(2, 1, 1, 2), t.view(2, 1, 1, 2)).item() == pytest.approx((1.0 + 1e-4) / 2, rel=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_normalised_mse_gradient_keeps_a_channels_last_layout(dtype):
+    """A contiguous gradient into a channels_last BatchNorm takes a far slower backward path."""
+    g = torch.Generator().manual_seed(0)
+    t = torch.randn(4, 8, 5, 5, generator=g).to(dtype).contiguous(memory_format=torch.channels_last)
+    leaf = torch.randn(4, 8, 5, 5, generator=g).to(dtype).contiguous(memory_format=torch.channels_last)
+    s = leaf.requires_grad_() * 1  # a block's output: not a leaf, whose .grad autograd would re-lay
+    seen = []
+    s.register_hook(lambda grad: seen.append(grad.is_contiguous(memory_format=torch.channels_last)))
+    loss = normalised_mse(s, t)
+    loss.backward()
+    assert seen == [True]
+    flat_s, flat_t = s.detach().float().reshape(4, -1), t.float().reshape(4, -1)
+    expected = ((flat_s - flat_t).pow(2).sum(1) / (flat_t.pow(2).sum(1) + 1e-8)).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
 @pytest.mark.parametrize("kwargs, words", [
     ({"steps": 0}, "steps"), ({"batch_size": 0}, "batch_size"), ({"optimizer": "lamb"}, "adam, sgd"),
     ({"schedule": "step"}, "cosine, constant"), ({"lr": 0.0}, "lr"), ({"max_pairs_at_once": 0}, "max_pairs"),

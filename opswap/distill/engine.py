@@ -89,9 +89,16 @@ class DistillConfig:
 
 
 def normalised_mse(student: torch.Tensor, target: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Mean over the batch of ||s - t||^2 / ||t||^2, each sample normalised by its own target."""
-    s, t = student.flatten(1).float(), target.flatten(1).float()
-    return ((s - t).pow(2).sum(1) / (t.pow(2).sum(1) + eps)).mean()
+    """Mean over the batch of ||s - t||^2 / ||t||^2, each sample normalised by its own target.
+
+    Summed over every dimension but the first, without flattening: flattening a channels_last
+    tensor copies it, and the gradient that comes back is contiguous, which sends the block's
+    last BatchNorm backward (input channels_last, gradient contiguous) down a path about 7x
+    slower on CPU.
+    """
+    s, t = student.float(), target.float()
+    dims = tuple(range(1, s.dim()))
+    return ((s - t).pow(2).sum(dims) / (t.pow(2).sum(dims) + eps)).mean()
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
