@@ -7,8 +7,9 @@ training step maps, zero-fills (a page fault per 4 KiB page) and unmaps its acti
 On the 2-core machine of docs/training.md a WRN-10-1 epoch spent 10–20 % of its CPU time in the
 kernel that way. `keep_freed_memory()` raises both thresholds (`mallopt`): blocks up to 32 MiB
 come from the heap, and freed memory stays there for the next step — what jemalloc or tcmalloc
-under `LD_PRELOAD` give, without asking the user to install one. It halved the page faults and
-made that epoch about 10 % faster (docs/training.md). The price is that the process keeps its
+under `LD_PRELOAD` give, without asking the user to install one. It cut the page faults by a
+quarter to a half and made epochs 3–5 % faster (median of 3; benchmarks/allocator.py,
+docs/training.md). The price is that the process keeps its
 peak heap until it exits, which a training process reaches again at every step anyway.
 
 Only glibc is touched (musl, macOS and Windows keep their allocator); `OPSWAP_KEEP_FREED_MEMORY=0`
