@@ -410,6 +410,32 @@ class Latency(float):
         return f"Latency(median_ms={self.median_ms:.4g}, iqr_ms={self.iqr_ms:.3g}, runs={self.runs})"
 
 
+def time_blocks(fn, device, *, warmup: int = 5, repeats: int = 20, min_run_time: float = 0.2,
+                block_s: float = 0.01) -> tuple[list[float], int]:
+    """Seconds per call of `fn()` over timed blocks, and the calls per block (see `measure_latency`).
+
+    `warmup` untimed calls, one timed call that sizes the blocks (enough calls to last `block_s`),
+    then at least `repeats` blocks and more until they add up to `min_run_time` seconds; each
+    block by `time.perf_counter` between CUDA synchronisations on a CUDA `device`.
+    """
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+
+    def block(number: int) -> float:
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(number):
+            fn()
+        sync()
+        return (time.perf_counter() - t0) / number
+
+    for _ in range(warmup):
+        block(1)
+    once = max(block(1), 1e-9)
+    number = max(1, math.ceil(block_s / once))
+    blocks = max(repeats, 1, math.ceil(min_run_time / (number * once)))
+    return [block(number) for _ in range(blocks)], number
+
+
 @torch.inference_mode()
 def measure_latency(model: nn.Module, batch_size: int = 1, *, input_shape=(3, 32, 32), device=None,
                     warmup: int = 5, repeats: int = 20, min_run_time: float = 0.2, block_s: float = 0.01,
@@ -431,24 +457,13 @@ def measure_latency(model: nn.Module, batch_size: int = 1, *, input_shape=(3, 32
     was_training = model.training
     model.eval().to(device, memory_format=fmt)
     x = torch.randn(batch_size, *input_shape, device=device).contiguous(memory_format=fmt)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
-    def block(number: int) -> float:
-        """Seconds per forward over `number` forwards in a row."""
-        sync()
-        t0 = time.perf_counter()
-        for _ in range(number):
-            with autocast(device, precision):
-                model(x)
-        sync()
-        return (time.perf_counter() - t0) / number
+    def forward():
+        with autocast(device, precision):
+            model(x)
 
-    for _ in range(warmup):
-        block(1)
-    once = max(block(1), 1e-9)
-    number = max(1, math.ceil(block_s / once))
-    blocks = max(repeats, 1, math.ceil(min_run_time / (number * once)))
-    times = [block(number) for _ in range(blocks)]
+    times, number = time_blocks(forward, device, warmup=warmup, repeats=repeats, min_run_time=min_run_time,
+                                block_s=block_s)
     model.train(was_training)
     q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
     return Latency(1000.0 * statistics.median(times), 1000.0 * (q[2] - q[0]), len(times), number)

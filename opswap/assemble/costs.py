@@ -2,7 +2,7 @@
 al., ECCV 2022, phase 2).
 
 Parameters and multiply-accumulates are read off the op itself (`opswap.complexity` on the
-position's input shape); latency is measured with `torch.utils.benchmark.Timer` on the op
+position's input shape); latency is measured with `opswap.training.time_blocks` on the op
 alone, fed a random tensor of the position's input shape, at batch 1 and at a throughput
 batch. The teacher's own block at each position is the `baseline` row. A network's cost is
 estimated additively: the teacher's whole-network total, minus the blocks replaced, plus the
@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import json
 import platform
+import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -218,15 +219,13 @@ def load_or_measure_costs(teacher: nn.Module, bank: Any, path: str | Path, *, de
 def _latency(module: nn.Module, shape: tuple[int, ...], device: torch.device,
              min_run_time: float) -> tuple[float, float]:
     """(median, IQR) in ms of `module(x)` for a random x of `shape`, eval mode, no autograd."""
-    from torch.utils.benchmark import Timer
+    from opswap.training import time_blocks
 
     x = torch.randn(shape, device=device)
-    timer = Timer(stmt="m(x)", globals={"m": module, "x": x}, num_threads=torch.get_num_threads())
-    with torch.inference_mode():
-        for _ in range(3):  # warm-up: lazy initialisation and caches, before the timer's own estimate
-            module(x)
-        m = timer.blocked_autorange(min_run_time=min_run_time)
-    return 1000.0 * m.median, 1000.0 * m.iqr
+    with torch.inference_mode():  # warm-up: lazy initialisation and caches
+        times, _ = time_blocks(lambda: module(x), device, warmup=3, repeats=5, min_run_time=min_run_time)
+    q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
+    return 1000.0 * statistics.median(times), 1000.0 * (q[2] - q[0])
 
 
 def _measure(module: nn.Module, shape: tuple[int, ...], position: int, op: str, device: torch.device,

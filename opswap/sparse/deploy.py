@@ -2,7 +2,7 @@
 
 `choose_forms` first removes every channel whose whole contribution is exactly zero (masked by
 `ChannelPruner`, or dead) with Torch-Pruning — a physically smaller dense network — then times
-each remaining dynamic layer on its real input, on the current device (torch.utils.benchmark),
+each remaining dynamic layer on its real input, on the current device (`opswap.training.time_blocks`),
 in each candidate form: "dense" (the masked weight materialised in a plain nn.Conv2d /
 nn.Linear), "csr" (CSR matmul) and "channel" (a dense layer on the weight's nonzero rows and
 input channels only, when there are zero ones). A non-dense form is taken only when it beats
@@ -13,6 +13,7 @@ by it if it is slower: never slower than dense, by construction and by its own m
 from __future__ import annotations
 
 import copy
+import statistics
 from collections.abc import Sequence
 
 import torch
@@ -85,12 +86,13 @@ class CompactLayer(nn.Module):
 
 
 def median_ms(fn, x: torch.Tensor, min_run_time: float) -> float:
-    """Median milliseconds of `fn(x)` by torch.utils.benchmark, at the current thread setting."""
-    from torch.utils import benchmark  # imported here: it loads cpp_extension, which warns without CUDA
+    """Median milliseconds of `fn(x)` over timed blocks (`opswap.training.time_blocks`), at the
+    current thread setting."""
+    from opswap.training import time_blocks
 
-    timer = benchmark.Timer(stmt="fn(x)", globals={"fn": fn, "x": x}, num_threads=torch.get_num_threads())
     with torch.inference_mode():
-        return timer.blocked_autorange(min_run_time=min_run_time).median * 1e3
+        times, _ = time_blocks(lambda: fn(x), x.device, warmup=1, repeats=3, min_run_time=min_run_time)
+    return statistics.median(times) * 1e3
 
 
 def measure_ms(fns: dict, x: torch.Tensor, min_run_time: float, rounds: int = 3) -> dict[str, float]:
@@ -146,7 +148,7 @@ def choose_forms(model: nn.Module, example_input: torch.Tensor, *, device=None,
     The report holds `layers` (one row per dynamic layer: layer, chosen, ms of every form tried,
     input shape), `removed_channels` ({group root: channels removed}), `model_ms` (dense and
     deployed) and `fallback` (True when the assembled model was slower and dense was returned).
-    Times are `measure_ms`: medians of torch.utils.benchmark, the least of `rounds` interleaved rounds.
+    Times are `measure_ms`: medians of timed blocks (`time_blocks`), the least of `rounds` interleaved rounds.
     """
     unknown = sorted(set(candidates) - set(FORMS))
     if unknown or "dense" not in candidates:
