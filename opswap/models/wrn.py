@@ -37,8 +37,8 @@ class WRNBlock(nn.Module):
         self.shortcut = None if has_skip else conv1x1(c_in, c_out, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        o = F.relu(self.bn1(x))
-        y = F.relu(self.bn2(self.conv1(o)))
+        o = F.relu(self.bn1(x), inplace=True)
+        y = F.relu(self.bn2(self.conv1(o)), inplace=True)
         if self.drop_rate > 0:
             y = F.dropout(y, p=self.drop_rate, training=self.training)
         y = self.conv2(y)
