@@ -119,6 +119,18 @@ def test_objective_predicted_maximises_the_scores_of_opswap_predict(files, capsy
                                    "--format", "json")]) == 0
     best = json.loads(capsys.readouterr().out)["solutions"][0]
     assert best["changed"] == {"1": "mbconv_e6_k3"} and best["score"] == pytest.approx(0.5)
+    # A cell without a score (unmeasured, or not in the file at all) is never chosen.
+    assert cli(["assemble", *_args(files, "--budget", "macs=0.999", "--objective", "predicted", "--scores",
+                                   str(scores), "--score-column", "measured_delta", "-k", "2",
+                                   "--format", "json")]) == 0
+    solutions = json.loads(capsys.readouterr().out)["solutions"]
+    assert solutions[0]["changed"] == {"2": "mbconv_e6_k3"} and len(solutions) == 2
+    chosen = {(p, op) for s in solutions for p, op in s["changed"].items()}
+    assert chosen <= {("1", "identity"), ("2", "mbconv_e6_k3")}  # the measured cells only
+    scores.write_text("position,op,predicted_delta\n2,mbconv_e6_k3,1.5\n")
+    assert cli(["assemble", *_args(files, "--budget", "macs=0.999", "--objective", "predicted", "--scores",
+                                   str(scores), "-k", "1", "--format", "json")]) == 0
+    assert json.loads(capsys.readouterr().out)["solutions"][0]["changed"] == {"2": "mbconv_e6_k3"}
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -323,3 +323,76 @@ def test_report_section_numbers(tmp_path):
     assert readme.index("## Assembly") < readme.index("## Settings")
     # The generic tables do not take assembled networks for the baseline.
     assert readme.count("(n=2)") >= 1 and "assembly-additivity.png" in readme
+
+
+SCORES = """position,op,epochs,predicted_delta,measured_delta
+1,identity,1,-2.0,
+1,mbconv_e6_k3,1,1.0,3.0
+2,mbconv_e6_k3,1,-1.0,
+3,conv_bn_e1,1,1.0,
+"""
+
+
+def test_objective_predicted_reads_a_scores_file_and_refuses_a_bad_one(tmp_path):
+    from opswap.study.schema import StudyError
+
+    scores = tmp_path / "scores.csv"
+    scores.write_text(SCORES)
+    keys = f'objective = ["replace1", "predicted"]\nscores = "{scores}"'
+    text = STUDY.replace('objective = ["replace1", "distill_loss"]', keys)
+    study = _study(tmp_path, text)
+    assert study.objectives == ("replace1", "predicted") and study.scores == str(scores)
+    assert study.score_column == "best"
+    settings = assembly._plan_settings(study)
+    scores.write_text(SCORES.replace("-2.0", "-2.5"))  # another scores file is another plan
+    assert assembly._plan_settings(study) != settings
+    assert "scores" not in assembly._plan_settings(_study(tmp_path))  # other studies keep their plans
+    bad = [(text.replace(f'scores = "{scores}"', ""), "scores: objective \"predicted\" needs"),
+           (STUDY.replace("k = 2", f'scores = "{scores}"\nk = 2'), "only objective \"predicted\" reads scores"),
+           (text.replace("k = 2", 'score_column = "measured"\nk = 2'), "'measured' is not a score column"),
+           (text.replace(str(scores), str(tmp_path / "missing.csv")), "does not exist")]
+    for source, words in bad:
+        with pytest.raises(StudyError, match=words):
+            _study(tmp_path, source)
+    for content, words in [("position,op\n1,identity\n", "needs columns op, position, predicted_delta"),
+                           ("position,op,predicted_delta\nx,identity,1\n", "not a 1-based integer"),
+                           ("position,op,predicted_delta\n1,identity,1\n1,identity,2\n", "twice"),
+                           ("position,op,predicted_delta,epochs\n1,identity,1,1\n2,identity,1,2\n",
+                            "2 epoch budgets"),
+                           ("position,op,predicted_delta\n7,identity,1\n", "scores no cell at the study's positions")]:
+        scores.write_text(content)
+        with pytest.raises(StudyError, match=words):
+            _study(tmp_path, text)
+
+
+def test_plan_with_objective_predicted_maximises_the_file_scores(tmp_path, monkeypatch, tiny_bank):
+    monkeypatch.setattr(assembly, "COST_OPTIONS", {"batch_sizes": ()})  # params and MACs only
+    _, _, folder = tiny_bank
+    scores = tmp_path / "scores.csv"
+    scores.write_text(SCORES)
+    data = _npz(tmp_path / "tiny.npz")
+    study = _study(tmp_path, f"""name = "pred"
+model = "wrn-10-1"
+dataset = "npz"
+data = "{data}"
+candidates = ["identity", "mbconv", "conv_bn_e1"]
+budgets = ["params=10"]
+objective = ["predicted"]
+scores = "{scores}"
+random_picks = 0
+baselines = ["greedy"]
+[teacher]
+checkpoint = "{folder / 'teacher.safetensors'}"
+""")
+    root = tmp_path / "results" / "pred"
+    root.mkdir(parents=True)
+    plan = assembly._compute_plan(study, str(folder / "teacher.safetensors"), str(folder / "bank.safetensors"),
+                                  root, "cpu")
+    picks = plan["budgets"]["params=10"]["picks"]
+    milp = [p for p in picks if p["picked_by"] == "milp"]
+    # best = measured Δ where measured (3.0 for 1:mbconv), else predicted; negative cells are left out.
+    assert [p["assignment"] for p in milp] == [[[1, "mbconv_e6_k3"], [3, "conv_bn_e1"]]]
+    assert milp[0]["objective"] == "predicted" and milp[0]["scores"]["predicted"] == pytest.approx(4.0)
+    assert {p["picked_by"] for p in picks} == {"milp", "greedy"}
+    metrics = assembly.pick_metrics(milp[0], plan)
+    assert metrics["predicted_score"] == metrics["score_predicted"] == pytest.approx(4.0)

@@ -16,11 +16,16 @@ passes) and returns {(position, op): score}. A mapping or a callable can also be
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
-__all__ = ["register_objective", "list_objectives", "objective_scores", "ScoreProvider"]
+__all__ = ["register_objective", "list_objectives", "objective_scores", "read_cell_scores", "unscored_cells",
+           "SCORE_COLUMNS",
+           "ScoreProvider"]
 
 ScoreProvider = Callable[..., Mapping[tuple[int, str], float]]
+# Which Δ of `opswap predict --all` output a cell scores by: best = measured where measured, else predicted.
+SCORE_COLUMNS = ("best", "predicted_delta", "measured_delta")
 _OBJECTIVES: dict[str, tuple[ScoreProvider, bool]] = {}
 
 
@@ -99,3 +104,57 @@ def objective_scores(objective: str | Mapping | ScoreProvider, bank: Any = None,
         value = sign * float(value)
         out[(int(position), name)] = value if math.isfinite(value) else math.nan
     return label, out
+
+
+def read_cell_scores(path: str | Path, column: str = "best", *, what: str = "scores") -> dict[tuple[int, str], float]:
+    """{(position, op): Δ} from `opswap predict --all` output (CSV or JSON); one epoch budget only.
+
+    `column` is one of SCORE_COLUMNS; `what` names the file in errors (`--scores`, a study key).
+    A cell without a value in that column scores NaN: assembly never chooses it (nor, with
+    `unscored_cells`, a bank pair the file does not list).
+    """
+    import pandas as pd
+
+    if column not in SCORE_COLUMNS:
+        raise ValueError(f"{column!r} is not a score column; use one of {', '.join(SCORE_COLUMNS)}")
+    file = Path(path)
+    if not file.is_file():
+        raise ValueError(f"{what} {str(path)!r} does not exist or is not a file")
+    try:
+        frame = pd.read_json(file) if file.suffix.lower() == ".json" else pd.read_csv(file)
+    except ValueError as err:
+        raise ValueError(f"{what} {str(path)!r} is not a CSV or JSON table of cells ({err})") from None
+    need = {"position", "op"} | ({"predicted_delta"} if column == "best" else {column})
+    if not need <= set(frame.columns):
+        raise ValueError(f"{what} {str(path)!r} needs columns {', '.join(sorted(need))}; it has "
+                         f"{', '.join(map(str, frame.columns)) or 'none'} (write it with `opswap predict STUDY --all "
+                         "--format csv`)")
+    if "epochs" in frame and frame["epochs"].nunique() > 1:
+        raise ValueError(f"{what} {str(path)!r} holds {frame['epochs'].nunique()} epoch budgets "
+                         f"({', '.join(map(str, sorted(frame['epochs'].unique())))}); keep the rows of one")
+    if "variant" in frame and frame["variant"].notna().any():
+        raise ValueError(f"{what} {str(path)!r} holds variants (sparsity, init); keep the rows of one")
+    if column == "best":
+        measured = frame["measured_delta"] if "measured_delta" in frame else pd.Series(float("nan"), frame.index)
+        value = pd.to_numeric(measured, errors="coerce").fillna(pd.to_numeric(frame["predicted_delta"],
+                                                                              errors="coerce"))
+    else:
+        value = pd.to_numeric(frame[column], errors="coerce")
+    positions = pd.to_numeric(frame["position"], errors="coerce")
+    if positions.isna().any() or (positions != positions.round()).any() or (positions < 1).any():
+        bad = frame["position"][positions.isna() | (positions != positions.round()) | (positions < 1)].iloc[0]
+        raise ValueError(f"{what} {str(path)!r} has a position {bad!r} that is not a 1-based integer")
+    if frame["op"].isna().any():
+        raise ValueError(f"{what} {str(path)!r} has a row without an op")
+    keys = list(zip(positions.astype(int), frame["op"].astype(str)))
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"{what} {str(path)!r} lists a (position, op) cell twice")
+    return {k: float(v) if pd.notna(v) else math.nan for k, v in zip(keys, value)}
+
+
+def unscored_cells(scores: Mapping[tuple[int, str], float], pairs: Any) -> dict[tuple[int, str], float]:
+    """`scores` with NaN for each (position, op) of `pairs` (e.g. a bank's keys) it does not score."""
+    from opswap.ops import parse_op
+
+    named = {(int(p), parse_op(op).name): v for (p, op), v in scores.items()}
+    return {**{(int(p), parse_op(op).name): math.nan for p, op in pairs}, **named}

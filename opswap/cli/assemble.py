@@ -12,12 +12,12 @@ import json
 import logging
 from pathlib import Path
 
+from opswap.assemble.scores import SCORE_COLUMNS, read_cell_scores, unscored_cells
 from opswap.cli._render import FORMATS, render
 from opswap.data import DATASETS
 
 log = logging.getLogger("opswap")
 _OBJECTIVES = ("replace1", "distill_loss", "train_distill_loss", "predicted")
-_SCORE_COLUMNS = ("best", "predicted_delta", "measured_delta")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
            "predicted (Δ accuracy per cell from --scores, e.g. `opswap predict STUDY --all --format csv`)")
     p("--scores", metavar="FILE", help="objective predicted: a CSV or JSON of cells (position, op, predicted_delta "
                                         "and/or measured_delta), as `opswap predict --format csv|json` writes")
-    p("--score-column", choices=_SCORE_COLUMNS, default="best",
+    p("--score-column", choices=SCORE_COLUMNS, default="best",
       help="objective predicted: which Δ to use; best = measured_delta where measured, else predicted_delta")
     p("-k", type=int, default=3, help="how many solutions, best first")
     p("--min-diff", type=int, default=1, metavar="N", help="each further solution differs from all earlier "
@@ -83,7 +83,7 @@ def main(args: argparse.Namespace) -> int:
     if (args.objective == "predicted") != (args.scores is not None):
         raise ValueError("--objective predicted reads its scores from --scores FILE (and --scores needs "
                          "--objective predicted)")
-    scores = read_scores(args.scores, args.score_column) if args.scores else None
+    scores = read_cell_scores(args.scores, args.score_column, what="--scores") if args.scores else None
     check_safetensors(args.teacher, "--teacher")
     bank = WeightBank.load(args.bank)
     data = load_dataset(args.dataset, args.data, val_fraction=args.val_fraction)
@@ -110,7 +110,7 @@ def main(args: argparse.Namespace) -> int:
         from opswap.distill.heldout import heldout_distill_loss
 
         context["heldout_loss"] = heldout_distill_loss(teacher, bank, data, split=args.split, device=args.device)
-    objective = scores if scores is not None else args.objective
+    objective = unscored_cells(scores, bank.keys()) if scores is not None else args.objective
     solutions = assemble(bank, costs, budgets, objective, k=args.k, min_diff=args.min_diff, **context)
     if not note.startswith("reused"):
         costs.save(path)  # only once the budget is known to be reachable: a refused call writes nothing
@@ -132,34 +132,3 @@ def format_total(costs, metric: str) -> str:
     return format_cost(metric, costs.total[metric])
 
 
-def read_scores(path: str, column: str = "best") -> dict[tuple[int, str], float]:
-    """{(position, op): Δ} from `opswap predict` output (CSV or JSON); one epoch budget only."""
-    import pandas as pd
-
-    file = Path(path)
-    if not file.is_file():
-        raise ValueError(f"--scores {path!r} does not exist or is not a file")
-    try:
-        frame = pd.read_json(file) if file.suffix.lower() == ".json" else pd.read_csv(file)
-    except ValueError as err:
-        raise ValueError(f"--scores {path!r} is not a CSV or JSON table of cells ({err})") from None
-    need = {"position", "op"} | ({"predicted_delta"} if column == "best" else {column})
-    if not need <= set(frame.columns):
-        raise ValueError(f"--scores {path!r} needs columns {', '.join(sorted(need))}; it has "
-                         f"{', '.join(map(str, frame.columns)) or 'none'} (write it with `opswap predict STUDY --all "
-                         "--format csv`)")
-    if "epochs" in frame and frame["epochs"].nunique() > 1:
-        raise ValueError(f"--scores {path!r} holds {frame['epochs'].nunique()} epoch budgets "
-                         f"({', '.join(map(str, sorted(frame['epochs'].unique())))}); keep the rows of one")
-    if "variant" in frame and frame["variant"].notna().any():
-        raise ValueError(f"--scores {path!r} holds variants (sparsity, init); keep the rows of one")
-    if column == "best":
-        measured = frame["measured_delta"] if "measured_delta" in frame else pd.Series(float("nan"), frame.index)
-        value = pd.to_numeric(measured, errors="coerce").fillna(pd.to_numeric(frame["predicted_delta"],
-                                                                              errors="coerce"))
-    else:
-        value = pd.to_numeric(frame[column], errors="coerce")
-    keys = list(zip(frame["position"].astype(int), frame["op"].astype(str)))
-    if len(set(keys)) != len(keys):
-        raise ValueError(f"--scores {path!r} lists a (position, op) cell twice")
-    return {k: float(v) for k, v in zip(keys, value) if pd.notna(v)}

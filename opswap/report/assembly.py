@@ -30,7 +30,8 @@ __all__ = ["is_assembly", "assembly_blocks", "pick_table", "welch_table", "cost_
 _COST_METRICS = [("params", "params"), ("macs", "MACs"), ("latency_b1", "latency, batch 1"),
                  ("latency_batch", "latency, throughput batch")]
 _SCORES = [("score_replace1", "Σ replace-1 Δ"), ("score_distill_loss", "−Σ held-out distill loss"),
-           ("score_train_distill_loss", "−Σ training distill loss")]
+           ("score_train_distill_loss", "−Σ training distill loss"),
+           ("score_predicted", "Σ substitution-study Δ (objective predicted)")]
 
 
 def is_assembly(frame: pd.DataFrame) -> bool:

@@ -36,8 +36,9 @@ log = logging.getLogger("opswap")
 PLAN_FILE = "assembly.json"
 BASELINES = ("random", "greedy", "uniform")
 _SCHEMA = 1
-_KEYS = ("budgets", "objective", "k", "min_diff", "random_picks", "baselines")
-_OBJECTIVES = ("replace1", "distill_loss", "train_distill_loss")
+_KEYS = ("budgets", "objective", "k", "min_diff", "random_picks", "baselines", "scores", "score_column")
+_BANK_OBJECTIVES = ("replace1", "distill_loss", "train_distill_loss")  # scored from the bank
+_OBJECTIVES = (*_BANK_OBJECTIVES, "predicted")  # predicted: Δ per cell from a substitution study's `scores`
 # How costs and the picks' whole networks are timed (`opswap.assemble.measure_costs`).
 COST_OPTIONS = {"batch_sizes": (1, 256), "min_run_time": 0.2}
 
@@ -99,6 +100,7 @@ def assembly_settings(problems: Problems, f: Any, kind: str, positions: tuple[in
                                       f"Allowed: {', '.join(_OBJECTIVES)}")
     if len(set(objectives)) != len(objectives):
         problems.add("objective", f"{objectives} repeats an objective; list each once")
+    scores = _check_scores(problems, f, "predicted" in objectives, positions)
     k = 1 if f.k is None else f.k
     if k < 1:
         problems.add("k", f"{k!r} is not allowed; k (solutions per budget and objective) is an integer >= 1")
@@ -126,7 +128,41 @@ def assembly_settings(problems: Problems, f: Any, kind: str, positions: tuple[in
         problems.add("methods", "an assemble study has no [[methods]] or reference; it compares pick methods")
     return {"budgets": tuple(budgets), "objectives": tuple(dict.fromkeys(objectives)), "k": k,
             "min_diff": min_diff, "random_picks": picks if "random" in baselines else 0,
-            "baselines": tuple(b for b in BASELINES if b in baselines and (b != "random" or picks > 0))}
+            "baselines": tuple(b for b in BASELINES if b in baselines and (b != "random" or picks > 0)),
+            "scores": scores, "score_column": f.score_column or "best"}
+
+
+def _check_scores(problems: Problems, f: Any, predicted: bool, positions: tuple[int, ...]) -> str | None:
+    """The `scores` file of objective "predicted", read once here so that a bad one is refused before any work."""
+    from opswap.assemble.scores import SCORE_COLUMNS, read_cell_scores
+
+    column = f.score_column or "best"
+    if column not in SCORE_COLUMNS:
+        problems.add("score_column", f"{column!r} is not a score column.{_closest(column, SCORE_COLUMNS)} "
+                                     f"Allowed: {', '.join(SCORE_COLUMNS)}")
+    if not predicted:
+        for key in ("scores", "score_column"):
+            if getattr(f, key) is not None:
+                problems.add(key, f'only objective "predicted" reads {key}; add "predicted" to objective, '
+                                  f"or leave {key} out")
+        return None
+    if f.scores is None:
+        problems.add("scores", 'objective "predicted" needs the Δ of each cell: scores = "scores.csv", written by '
+                               "`opswap predict STUDY.toml --all --format csv > scores.csv`")
+        return None
+    if problems.has("score_column"):
+        return f.scores
+    try:
+        table = read_cell_scores(Path(f.scores).expanduser(), column, what="the scores file")
+    except ValueError as err:
+        problems.add("scores", f"{err} (relative paths are read from the current directory {str(Path.cwd())!r})"
+                     if not Path(f.scores).expanduser().is_file() else str(err))
+        return f.scores
+    if positions and not any(p in positions and math.isfinite(v) for (p, _), v in table.items()):
+        problems.add("scores", f"the scores file {f.scores!r} scores no cell at the study's positions "
+                               f"({', '.join(map(str, positions))}); it scores positions "
+                               f"{', '.join(map(str, sorted({p for p, _ in table}))) or 'none'}")
+    return f.scores
 
 
 def bank_pairs(study: Study) -> list[tuple[int, str]]:
@@ -142,9 +178,21 @@ def bank_pairs(study: Study) -> list[tuple[int, str]]:
 # -- the plan ----------------------------------------------------------------------------------
 
 def _plan_settings(study: Study) -> dict[str, Any]:
-    return {"budgets": list(study.budgets), "objectives": list(study.objectives), "k": study.k,
-            "min_diff": study.min_diff, "random_picks": study.random_picks, "baselines": list(study.baselines),
-            "positions": list(study.positions), "pairs": [list(p) for p in bank_pairs(study)]}
+    settings = {"budgets": list(study.budgets), "objectives": list(study.objectives), "k": study.k,
+                "min_diff": study.min_diff, "random_picks": study.random_picks, "baselines": list(study.baselines),
+                "positions": list(study.positions), "pairs": [list(p) for p in bank_pairs(study)]}
+    if study.scores is not None:  # a changed scores file is a new plan
+        settings["scores"] = {"column": study.score_column, "sha256": _file_digest(study.scores)}
+    return settings
+
+
+def _file_digest(path: str) -> str | None:
+    import hashlib
+
+    try:
+        return hashlib.sha256(Path(path).expanduser().read_bytes()).hexdigest()
+    except OSError:
+        return None
 
 
 def _bank_key(results_dir: Path) -> str | None:
@@ -219,6 +267,7 @@ def _compute_plan(study: Study, teacher_path: str, bank_path: str, results_dir: 
     from opswap.assemble import (BudgetError, costs_path, greedy_assignment, load_or_measure_costs, measured_cost,
                                  objective_scores, random_assignments, uniform_assignments)
     from opswap.assemble import assemble as solve_milp
+    from opswap.assemble.scores import read_cell_scores, unscored_cells
     from opswap.data import load_dataset
     from opswap.distill.apply import load_teacher
     from opswap.distill.bank import WeightBank
@@ -239,7 +288,10 @@ def _compute_plan(study: Study, teacher_path: str, bank_path: str, results_dir: 
     teacher_acc = evaluate(teacher, data, "test", normalize=normalize)["acc"]
     heldout = heldout_distill_loss(teacher, bank, data, split="test", device=device)
     context = {"teacher_acc": teacher_acc, "heldout_loss": heldout}
-    tables = {name: objective_scores(name, bank, **context)[1] for name in _OBJECTIVES}
+    tables = {name: objective_scores(name, bank, **context)[1] for name in _BANK_OBJECTIVES}
+    if study.scores is not None:
+        cells = read_cell_scores(Path(study.scores).expanduser(), study.score_column, what="the scores file")
+        tables["predicted"] = objective_scores(unscored_cells(cells, bank.keys()))[1]
     first = tables[study.objectives[0]]
     measured: dict[str, dict] = {}
 

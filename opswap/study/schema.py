@@ -232,6 +232,8 @@ class Study:
     min_diff: int = 1
     random_picks: int = 5
     baselines: tuple[str, ...] = ()
+    scores: str | None = None       # objective "predicted": `opswap predict --all` output (CSV or JSON)
+    score_column: str = "best"
 
     @property
     def needs_teacher(self) -> bool:
@@ -282,6 +284,8 @@ class StudyFile(_Table):
     min_diff: int | None = None
     random_picks: int | None = None
     baselines: Annotated[list[str], _Listed] | None = None
+    scores: str | None = None
+    score_column: str | None = None
 
 
 _EXPECTED = {
@@ -305,6 +309,9 @@ _EXPECTED = {
     "min_diff": "assemble studies: positions each further solution differs in, a positive integer",
     "random_picks": "assemble studies: random feasible picks per budget, a non-negative integer",
     "baselines": 'assemble studies: baselines at the same budget, drawn from "random", "greedy", "uniform"',
+    "scores": 'assemble studies, objective "predicted": a file of cells, e.g. scores = "scores.csv" '
+              "(`opswap predict STUDY --all --format csv`)",
+    "score_column": 'assemble studies, objective "predicted": "best", "predicted_delta" or "measured_delta"',
 }
 
 
