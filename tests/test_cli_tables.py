@@ -42,3 +42,18 @@ def test_cli_errors_are_one_line_for_people(capsys):
 def test_python_dash_m_entry_point():
     out = subprocess.run([sys.executable, "-m", "opswap", "--help"], capture_output=True, text=True, check=True)
     assert "positions" in out.stdout and "run" in out.stdout
+
+
+def test_no_command_is_a_malformed_command_line(capsys):
+    assert main([]) == 2
+    assert "usage: opswap <command>" in capsys.readouterr().err
+
+
+def test_a_reader_that_leaves_early_is_not_an_error():
+    # `opswap positions ... | head -1`: the pipe is closed before the command writes its table.
+    proc = subprocess.Popen([sys.executable, "-m", "opswap", "positions", "wrn-40-2"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader left
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0, err
+    assert "error" not in err.lower() and "Traceback" not in err

@@ -237,3 +237,15 @@ def test_opswap_train_and_a_study_trial_write_the_same_record(tmp_path, npz, cap
     assert set(from_study["metrics"]) == set(from_train["metrics"])
     assert set(from_study["env"]) == set(from_train["env"]) and set(from_study["timing"]) == set(from_train["timing"])
     assert [set(r) for r in from_study["history"]] == [set(r) for r in from_train["history"]]
+
+
+def test_atomic_writes_get_the_mode_of_a_plain_open(tmp_path):
+    import os
+
+    from opswap.atomic import write_text
+
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    written = write_text(tmp_path / "atomic.txt", "x")
+    # mkstemp alone would leave 0600: a shared results folder would hide its records from others.
+    assert os.stat(written).st_mode & 0o777 == os.stat(plain).st_mode & 0o777

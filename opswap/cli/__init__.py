@@ -56,7 +56,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _main(list(sys.argv[1:] if argv is None else argv))
     except BrokenPipeError:  # `opswap ... | head`: the reader left, nothing is wrong
-        sys.stderr.close()
+        try:  # no second error when Python flushes stdout at exit
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
         return 0
 
 
@@ -88,7 +92,10 @@ def _logging() -> None:
 
 
 def _main(argv: list[str]) -> int:
-    if not argv or argv[0] in ("-h", "--help", "help"):
+    if not argv:  # a command is required: the overview, as for any malformed command line
+        print(_overview(), file=sys.stderr)
+        return 2
+    if argv[0] in ("-h", "--help", "help"):
         print(_overview())
         return 0
     if argv[0] == "--version":
@@ -115,6 +122,8 @@ def _main(argv: list[str]) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        raise
     except (ValueError, KeyError, OSError) as err:
         if os.environ.get("OPSWAP_DEBUG"):
             raise
