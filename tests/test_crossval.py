@@ -192,3 +192,14 @@ def test_best_is_marked_only_when_distinguishable():
 def test_log_columns():
     out = log_columns(pd.DataFrame({"s": [0.0, 9.0, -99.0]}), ["s"])
     assert out["log_s"].tolist() == pytest.approx([0.0, 1.0, -2.0])
+
+
+def test_minimal_detectable_delta_with_one_reference_seed():
+    # A cell of two seeds against a reference of one (df = 1): scipy's noncentral t returns NaN
+    # on the way up; the power still rises to the asked level, smoothly.
+    from opswap.analysis.crossval import _power, minimal_detectable_delta
+
+    mdd = minimal_detectable_delta(1.0, 2, n_ref=1)
+    assert math.isfinite(mdd) and _power(mdd, 1.0, 2, 1, 0.05, "t") == pytest.approx(0.8, abs=1e-6)
+    powers = [_power(d, 1.0, 2, 1, 0.05, "t") for d in (1, 4, 8, 16, 32, 64)]
+    assert all(math.isfinite(p) for p in powers) and powers == sorted(powers)

@@ -465,7 +465,18 @@ def _power(delta: float, std: float, n: float, n_ref: float, alpha: float, metho
     df = n + n_ref - 2
     t = stats.t.ppf(1 - alpha / 2, df)
     ncp = delta / se
-    return float(stats.nct.sf(t, df, ncp) + stats.nct.cdf(-t, df, ncp))
+    value = float(stats.nct.sf(t, df, ncp) + stats.nct.cdf(-t, df, ncp))
+    if math.isfinite(value):
+        return value
+    # scipy's noncentral t turns NaN at few degrees of freedom and large ncp (df = 1: a cell of two
+    # seeds against a reference of one): the same power as an integral over the chi-square of the std.
+    from scipy import integrate
+
+    def given(v: float) -> float:
+        edge = t * math.sqrt(v / df)
+        return (stats.norm.sf(edge - ncp) + stats.norm.cdf(-edge - ncp)) * stats.chi2.pdf(v, df)
+
+    return float(min(1.0, integrate.quad(given, 0, math.inf, limit=200)[0]))
 
 
 def _check_test(std: float, alpha: float, power: float, method: str) -> None:
