@@ -50,6 +50,16 @@ def _args(folder, *extra):
             "--dataset", "npz", "--data", str(folder / "d.npz"), "--latency-batch", "4", *extra]
 
 
+def test_costs_never_overwrite_a_file_that_is_not_a_cost_table(files, capsys, tmp_path):
+    victim = tmp_path / "victim.safetensors"
+    victim.write_bytes(b"\x00\x01 not a cost table")
+    for target, words in [(victim, "exists and is not a cost table"), (tmp_path, "is a folder"),
+                          (tmp_path / "no" / "c.json", "does not exist")]:
+        assert cli(["assemble", *_args(files, "--budget", "macs=0.9", "--costs", str(target))]) == 2
+        assert words in capsys.readouterr().err
+    assert victim.read_bytes() == b"\x00\x01 not a cost table"
+
+
 def test_infeasible_budget_exits_2_names_the_cheapest_cost_and_writes_nothing(files, capsys):
     costs = files / "bank.costs.json"
     assert cli(["assemble", *_args(files, "--budget", "macs=0.01")]) == 2

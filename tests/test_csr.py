@@ -134,6 +134,9 @@ def test_export_csr_command(tmp_path, capsys, trained_tfcnn):
     assert torch.equal(restored(x), model(x))
     assert main(["export-csr", str(tmp_path / "missing.safetensors"), "--model", "tf-cnn"]) == 2
     assert "does not exist" in capsys.readouterr().err
+    before = weights.read_bytes()
+    assert main(["export-csr", str(weights), "--model", "tf-cnn", "--out", str(weights)]) == 2
+    assert "is the weights file itself" in capsys.readouterr().err and weights.read_bytes() == before
 
 
 @pytest.mark.parametrize("stride, bias", [(1, True), (2, False), (3, True)])

@@ -42,7 +42,12 @@ def test_history_has_one_row_per_trial_and_epoch(study_dir):
     assert trial["test_acc"].iloc[0] == pytest.approx(96.4 / 3)
 
 
-@pytest.mark.parametrize("content", ["{not json", "[1, 2]", '{"hello": 1}'])
+@pytest.mark.parametrize("content", ["{not json", "[1, 2]", '{"hello": 1}',
+                                     '{"trial_id": "t", "settings": {}, "history": "x"}',
+                                     '{"trial_id": "t", "settings": "x"}',
+                                     '{"trial_id": "t", "settings": {}, "attempt": [1]}',
+                                     '{"trial_id": "t", "settings": {}, "metrics": "x"}',
+                                     '{"schema": 2, "trial_id": "t", "settings": {}}'])
 def test_corrupt_or_foreign_files_are_skipped_with_a_warning_naming_them(study_dir, content):
     (study_dir / "broken.json").write_text(content)
     with pytest.warns(UserWarning, match="broken.json"):
@@ -74,3 +79,16 @@ def test_export_round_trips_the_numbers(study_dir, tmp_path, suffix):
 def test_export_rejects_unknown_formats(study_dir, tmp_path):
     with pytest.raises(ValueError, match=".parquet or .csv"):
         export(load_results(study_dir), tmp_path / "out.xlsx")
+
+
+def test_a_record_of_another_schema_is_never_taken_for_corrupt(tmp_path):
+    """A newer opswap's result: a study run stops with a clear error instead of running it again over it."""
+    import json
+
+    from opswap.run.record import CORRUPT, RecordSchemaError, load_record
+
+    (tmp_path / "abc.json").write_text(json.dumps({"schema": 2, "trial_id": "abc", "settings": {}}))
+    with pytest.raises(RecordSchemaError, match="another opswap version"):
+        load_record(tmp_path, "abc")
+    (tmp_path / "bad.json").write_text(json.dumps({"trial_id": "bad", "settings": {}, "attempt": [1]}))
+    assert load_record(tmp_path, "bad") is CORRUPT

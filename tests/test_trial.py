@@ -249,3 +249,35 @@ def test_atomic_writes_get_the_mode_of_a_plain_open(tmp_path):
     written = write_text(tmp_path / "atomic.txt", "x")
     # mkstemp alone would leave 0600: a shared results folder would hide its records from others.
     assert os.stat(written).st_mode & 0o777 == os.stat(plain).st_mode & 0o777
+
+
+def test_opswap_train_ids_follow_the_teacher_and_bank_files(tmp_path):
+    """Another teacher (or bank) is another trial: its record never replaces the first one's."""
+    import argparse
+
+    from opswap.cli import train as train_cli
+    from opswap.models import build_model
+    from opswap.run.spec import file_identity
+    from opswap.training import save_weights
+
+    parser = argparse.ArgumentParser()
+    train_cli.add_arguments(parser)
+    paths = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        paths.append(tmp_path / f"teacher{seed}.safetensors")
+        save_weights(build_model("wrn-10-1"), paths[-1])
+    bank_a, bank_b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    bank_a.write_bytes(b"a")
+    bank_b.write_bytes(b"b")
+
+    def spec(*extra):
+        return train_cli.spec_from_args(parser.parse_args(["--model", "wrn-10-1", "--dataset", "synthetic", *extra]))
+
+    first, second = (spec("--init", "teacher", "--teacher", str(p)) for p in paths)
+    assert first.teacher == file_identity("checkpoint", paths[0]) and first.trial_id != second.trial_id
+    assert spec("--init", "teacher", "--teacher", str(paths[0])).trial_id == first.trial_id  # same file, same id
+    lana = [spec("--init", "lana", "--teacher", str(paths[0]), "--position", "1", "--op", "identity", "--bank", str(b))
+            for b in (bank_a, bank_b)]
+    assert lana[0].trial_id != lana[1].trial_id and lana[0].teacher.endswith(file_identity("bank", bank_a))
+    assert spec().teacher is None  # from scratch: the id as before

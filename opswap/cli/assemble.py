@@ -84,6 +84,8 @@ def main(args: argparse.Namespace) -> int:
         raise ValueError("--objective predicted reads its scores from --scores FILE (and --scores needs "
                          "--objective predicted)")
     scores = read_cell_scores(args.scores, args.score_column, what="--scores") if args.scores else None
+    if args.costs:
+        _check_costs_file(Path(args.costs))
     check_safetensors(args.teacher, "--teacher")
     bank = WeightBank.load(args.bank)
     data = load_dataset(args.dataset, args.data, val_fraction=args.val_fraction)
@@ -124,6 +126,22 @@ def main(args: argparse.Namespace) -> int:
     else:
         print(render(_rows(solutions, costs), args.format))
     return 0
+
+
+def _check_costs_file(path: Path) -> None:
+    """--costs names a cost table or a new file: anything else is left alone, not overwritten."""
+    from opswap.assemble import CostTable
+
+    if path.is_dir():
+        raise ValueError(f"--costs {str(path)!r} is a folder; give a file path, e.g. {str(path / 'costs.json')!r}")
+    if path.exists():
+        try:
+            CostTable.load(path)
+        except (ValueError, KeyError, TypeError, OSError) as err:
+            raise ValueError(f"--costs {str(path)!r} exists and is not a cost table ({type(err).__name__}); it is left "
+                             "as it is: give a new path, or the cost table's") from None
+    elif not path.parent.is_dir():
+        raise ValueError(f"--costs {str(path)!r}: the folder {str(path.parent)!r} does not exist")
 
 
 def format_total(costs, metric: str) -> str:

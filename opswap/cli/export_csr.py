@@ -65,6 +65,9 @@ def main(args: argparse.Namespace) -> int:
     check_safetensors(source, "weights file")
     model = _model_for(args, load_file(str(source)))
     out = Path(args.out) if args.out else source.with_name(source.stem + ".csr.safetensors")
+    if out.exists() and out.resolve() == source.resolve():
+        raise ValueError(f"--out {str(out)!r} is the weights file itself; the CSR export is written beside it, "
+                         "not over it: give another --out")
     file_bytes = export_csr(model, out)
     report = sparsity_report(model)
     ratio = report["csr_bytes"] / report["dense_bytes"]

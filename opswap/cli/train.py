@@ -71,9 +71,22 @@ def spec_from_args(args: argparse.Namespace) -> TrialSpec:
             model=args.model, dataset=args.dataset, data=args.data, epochs=args.epochs, seed=args.seed,
             val_fraction=args.val_fraction, data_fraction=args.data_fraction, position=args.position,
             op=args.op, init=args.init, sparsity=args.sparsity, prune=args.prune, prune_options=options,
-            save_weights=args.save_weights, latency_batch_size=args.latency_batch_size, train=train)
+            save_weights=args.save_weights, latency_batch_size=args.latency_batch_size, train=train,
+            teacher=_inputs(args))
     except TypeError as err:  # a wrong type reached a config class
         raise ValueError(str(err)) from None
+
+
+def _inputs(args: argparse.Namespace) -> str | None:
+    """The teacher (and bank) the run starts from, by content: another teacher is another trial id."""
+    from opswap.run.spec import file_identity
+
+    if args.init == "scratch" or not args.teacher or not Path(args.teacher).is_file():
+        return None  # scratch; a missing file is refused by check_request
+    parts = [file_identity("checkpoint", args.teacher)]
+    if args.init == "lana" and args.bank and Path(args.bank).is_file():
+        parts.append(file_identity("bank", args.bank))
+    return ",".join(parts)
 
 
 def check_request(args: argparse.Namespace, spec: TrialSpec) -> None:

@@ -22,7 +22,7 @@ from typing import Any, Literal, get_args
 
 from opswap.atomic import write_json
 
-__all__ = ["SCHEMA", "STATUSES", "DONE", "Status", "new_record", "failed_record", "write_record",
+__all__ = ["SCHEMA", "STATUSES", "DONE", "Status", "RecordSchemaError", "new_record", "failed_record", "write_record",
            "read_record", "load_record", "record_path", "record_state", "read_records", "record_files",
            "environment", "git_commit", "json_safe", "now", "CORRUPT"]
 
@@ -138,11 +138,27 @@ def read_record(path: str | os.PathLike) -> dict:
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ValueError(f"{path} is not a JSON trial record: {err}") from err
     if isinstance(record, dict) and record.get("schema", SCHEMA) != SCHEMA:
-        raise ValueError(f"{path}: unsupported record schema {record.get('schema')!r}; this opswap reads "
-                         f"schema {SCHEMA}")
+        raise RecordSchemaError(f"{path} was written by another opswap version (record schema "
+                                f"{record.get('schema')!r}; this one reads schema {SCHEMA}): use that version, or "
+                                "move the record away; it is not run again over it")
     if not isinstance(record, dict) or "trial_id" not in record or "settings" not in record:
         raise ValueError(f"{path} is not a trial record (no trial_id / settings)")
+    for key, types in _SHAPES.items():
+        if key in record and not isinstance(record[key], types):
+            raise ValueError(f"{path} is not a trial record: {key!r} is a {type(record[key]).__name__}")
+    if isinstance(record.get("attempt"), bool):
+        raise ValueError(f"{path} is not a trial record: 'attempt' is a bool")
     return record
+
+
+class RecordSchemaError(ValueError):
+    """A record of another schema: a newer opswap's result, never taken for a corrupt file and re-run."""
+
+
+# The types of a record's top-level keys (null allowed where a failed or pending record has none).
+_SHAPES = {"trial_id": str, "status": str, "settings": dict, "metrics": (dict, type(None)),
+           "history": (list, type(None)), "attempt": (int, type(None)), "timing": (dict, type(None)),
+           "env": (dict, type(None)), "error": (str, type(None))}
 
 
 def load_record(out_dir: str | os.PathLike, trial_id: str):
@@ -152,6 +168,8 @@ def load_record(out_dir: str | os.PathLike, trial_id: str):
         record = read_record(path)
     except FileNotFoundError:
         return None
+    except RecordSchemaError:
+        raise  # another version's result: stop rather than run the trial again over it
     except (OSError, ValueError):
         return CORRUPT
     return record if record.get("trial_id") == trial_id else CORRUPT
@@ -204,6 +222,9 @@ def read_records(path: str | Path | Iterable[str | Path]) -> list[dict]:
     for file in record_files(path):
         try:
             record = read_record(file)
+        except RecordSchemaError as err:
+            warnings.warn(f"skipping {err}", stacklevel=2)
+            continue
         except (OSError, ValueError) as err:
             why = str(err).removeprefix(f"{file} ").removeprefix(f"{file}: ")
             warnings.warn(f"skipping {file}: corrupt trial record, a study run re-runs it ({why})", stacklevel=2)

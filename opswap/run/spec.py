@@ -14,6 +14,7 @@ import functools
 import hashlib
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, get_args
 
 from opswap.data import DATASETS
@@ -22,7 +23,7 @@ from opswap.ops import parse_op
 from opswap.sparse.methods import PRUNE_METHODS, check_prune_options
 from opswap.training import TrainConfig
 
-__all__ = ["TrialSpec", "PruneConfig", "Init", "TrialKind", "INITS", "TRIAL_KINDS", "trial_id_for",
+__all__ = ["TrialSpec", "PruneConfig", "Init", "TrialKind", "INITS", "TRIAL_KINDS", "trial_id_for", "file_identity",
            "model_positions", "TRAIN_KEYS", "ASSEMBLY_KEYS"]
 
 Init = Literal["scratch", "teacher", "lana", "random"]
@@ -105,7 +106,9 @@ class TrialSpec:
     distill: DistillConfig | None = None
     latency_batch_size: int = 256
     save_weights: bool = False
-    teacher: str | None = None  # what the trial's teacher is: "trained:<id>" or "checkpoint:sha256:…"
+    # What the trial's teacher is: "trained:<id>" or "checkpoint:sha256:…" (`opswap train` adds
+    # ",bank:sha256:…" for the bank it was given): part of the id, so another teacher is another trial.
+    teacher: str | None = None
     method: str | None = None   # the method label of a methods study
     # An assembled network: the teacher with a bank entry at each (position, op) listed (sorted,
     # teacher's block elsewhere), how it was picked (milp | random | greedy | uniform), under which
@@ -293,6 +296,15 @@ class TrialSpec:
     def replace(self, **changes) -> "TrialSpec":
         """A copy with some flat settings changed (validated again)."""
         return TrialSpec.create(**{**self.to_settings(), **changes})
+
+
+def file_identity(kind: str, path: str | Path) -> str:
+    """`<kind>:sha256:<16 hex>` of a file's bytes: a teacher checkpoint or bank as part of a trial id."""
+    h = hashlib.sha256()
+    with open(Path(path).expanduser(), "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return f"{kind}:sha256:{h.hexdigest()[:16]}"
 
 
 def trial_id_for(settings: dict) -> str:

@@ -78,11 +78,9 @@ def teacher_ref(study: Study) -> str | None:
     if not study.needs_teacher:
         return None
     if study.teacher.checkpoint is not None:
-        import hashlib
-        from pathlib import Path
+        from opswap.run.spec import file_identity
 
-        digest = hashlib.sha256(Path(study.teacher.checkpoint).expanduser().read_bytes()).hexdigest()
-        return f"checkpoint:sha256:{digest[:16]}"
+        return file_identity("checkpoint", study.teacher.checkpoint)
     return f"trained:{teacher_spec(study).trial_id}"
 
 
