@@ -1,9 +1,12 @@
+import re
+
 import pytest
 import timm
 import torch
 
 import opswap
 from golden import TF_CNN_PARAMS, WRN_40_2_MACS, WRN_40_2_PARAMS
+from opswap.models import build_model
 from opswap.substitution import complexity, count_params
 
 
@@ -67,3 +70,15 @@ def test_every_public_name_resolves():
         assert getattr(opswap, name) is not None, name
     with pytest.raises(AttributeError):
         opswap.no_such_thing
+
+
+@pytest.mark.parametrize("name, num_classes, words", [
+    ("wrn-100000-1", 10, "would have about 1.6e+09 parameters"),   # a typo: refused, not built for minutes
+    ("wrn-10-2000", 10, "over the 1e+09"),
+    ("tf-cnn", 100_000_000, "num_classes must be an integer in 2..1,000,000"),
+    ("wrn-10-1", 1, "num_classes must be an integer"),
+    ("wrn-10-1", True, "num_classes must be an integer"),
+])
+def test_names_of_networks_too_large_to_build_are_refused_before_allocating(name, num_classes, words):
+    with pytest.raises(ValueError, match=re.escape(words)):
+        build_model(name, num_classes=num_classes)

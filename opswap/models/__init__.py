@@ -1,6 +1,7 @@
 """Model builders: `build_model("wrn-40-2")`, `build_model("tf-cnn")`; WRNs are also timm models."""
 from __future__ import annotations
 
+import numbers
 import re
 
 from torch import nn
@@ -20,9 +21,27 @@ def list_models() -> list[str]:
     return [f"wrn-{d}-{k}" for d, k in _LISTED_WRN] + ["tf-cnn"]
 
 
+# Names are checked before anything is allocated: a typo such as wrn-100000-1 must not hang a
+# study's validation or exhaust memory. 1e9 parameters is 4 GiB of fp32 weights.
+MAX_PARAMS = 1_000_000_000
+MAX_CLASSES = 1_000_000
+
+
+def _wrn_params(depth: int, widen: int, num_classes: int) -> int:
+    """The 3×3 convolutions and the classifier of WRN-depth-widen (the bulk of its parameters)."""
+    n = (depth - 4) // 6
+    widths = [16, 16 * widen, 32 * widen, 64 * widen]
+    convs = sum(9 * (widths[s] * widths[s + 1] + widths[s + 1] ** 2 + (n - 1) * 2 * widths[s + 1] ** 2)
+                for s in range(3))
+    return convs + widths[3] * num_classes
+
+
 def build_model(name: str, num_classes: int = 10, **kwargs) -> nn.Module:
     """Build a model by name: `wrn-<depth>-<widen>` (depth = 6n+4) or `tf-cnn`."""
     key = name.strip().lower()
+    if not isinstance(num_classes, numbers.Integral) or isinstance(num_classes, bool) \
+            or not 2 <= num_classes <= MAX_CLASSES:
+        raise ValueError(f"num_classes must be an integer in 2..{MAX_CLASSES:,}, got {num_classes!r}")
     if key in ("tf-cnn", "tf_cnn", "tfcnn"):
         return TFCNN(num_classes, **kwargs)
     m = _WRN.match(key)
@@ -32,6 +51,11 @@ def build_model(name: str, num_classes: int = 10, **kwargs) -> nn.Module:
             raise ValueError(
                 f"unknown model {name!r}: a WRN needs depth = 6n+4 (10, 16, 22, 28, 40, ...) and "
                 f"widen >= 1, e.g. 'wrn-40-2'")
+        params = _wrn_params(depth, widen, num_classes)
+        if params > MAX_PARAMS:
+            raise ValueError(f"model {name!r} would have about {params:.2g} parameters ({4 * params / 2**30:,.0f} GiB "
+                             f"in fp32), over the {MAX_PARAMS:.0e} this builds by name; e.g. 'wrn-28-10' has 36.5M. "
+                             "Build opswap.models.WideResNet(depth, widen) directly for such a network")
         return WideResNet(depth, widen, num_classes, **kwargs)
     raise ValueError(
         f"unknown model {name!r}: valid names are 'wrn-<depth>-<widen>' with depth = 6n+4 "

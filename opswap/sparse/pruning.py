@@ -19,6 +19,8 @@ resurrect a pruned weight.
 """
 from __future__ import annotations
 
+import math
+import typing
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -78,10 +80,31 @@ def _settings(cls, method: str, options: dict):
     if unknown:
         raise ValueError(f"prune method {method!r}: unknown option(s) {unknown}; "
                          f"allowed: {sorted(names)}")
+    hints = typing.get_type_hints(cls)
+    for name, value in options.items():
+        _check_option(method, name, value, hints[name])
     try:
         return cls(**options)
     except TypeError as err:  # a value of the wrong type, e.g. period="ten"
         raise ValueError(f"prune method {method!r}: {err}") from None
+
+
+def _check_option(method: str, name: str, value, kind) -> None:
+    """An option's value has its field's type: an int is an int (not 2.5, not true), a float is finite."""
+    if kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        want = "an integer"
+    elif kind is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        want = "a finite number"
+    elif kind is str:
+        ok, want = isinstance(value, str), "a string"
+    elif kind is bool:
+        ok, want = isinstance(value, bool), "true or false"
+    else:
+        return
+    if not ok:
+        raise ValueError(f"prune method {method!r}: option {name} = {value!r} is not allowed; {name} is {want}")
 
 
 class MaskPruner:

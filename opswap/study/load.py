@@ -69,7 +69,7 @@ def _path(problems: Problems, key: str, path: str | None, what: str, *, parent_o
 
 
 def _resolve(f: StudyFile, problems: Problems, source: str) -> Study:
-    if not _NAME.match(f.name):
+    if not _NAME.fullmatch(f.name):
         problems.add("name", f"{f.name!r} cannot name a results folder; use letters, digits, '-', '_' and '.'")
     kind = f.kind or ("methods" if f.methods else "assemble" if f.budgets is not None else "substitution")
     if kind not in STUDY_KINDS:
@@ -94,6 +94,9 @@ def _resolve(f: StudyFile, problems: Problems, source: str) -> Study:
         problems.add("seeds", f"{f.seeds!r} is not allowed; seeds are distinct non-negative integers, e.g. [0, 1, 2]")
     if not f.epochs or any(e <= 0 for e in f.epochs):
         problems.add("epochs", f"{f.epochs!r} is not allowed; epochs are positive integers, e.g. [25, 50]")
+    for key, hint in (("init", '["lana"]'), ("sparsity", "[0.0]"), ("data_fraction", "[1.0]")):
+        if getattr(f, key) == []:
+            problems.add(key, f"the list is empty; give at least one value, e.g. {key} = {hint} (or leave {key} out)")
     for i in f.init:
         if i not in STUDY_INITS:
             problems.add("init", f"{i!r} is not an init.{_closest(i, STUDY_INITS)} Allowed: {', '.join(STUDY_INITS)}")
