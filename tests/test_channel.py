@@ -198,7 +198,7 @@ def test_a_bare_op_keeps_its_input_and_output_channels():
     (dict(criterion="taylor"), "criterion = 'taylor' is not allowed; choose one of l2, bn"),
     (dict(periods=5), r"unknown option\(s\) \['periods'\]; allowed: \["),
     (dict(period=0), "period >= 1"),
-    (dict(period="ten"), "period must be an integer, got 'ten'"),
+    (dict(period="ten"), "period = 'ten' is not allowed; period is an integer"),
     (dict(scope="fc"), "no prunable channel group inside 'fc'"),
 ])
 def test_make_pruner_channel_errors_say_what_is_allowed(options, message):

@@ -227,3 +227,23 @@ def test_a_resumed_record_counts_the_time_before_its_preemption(tmp_path, npz, m
     second = run_trial(spec, study="t", checkpoint_path=ckpt)
     assert second["status"] == "ok" and second["timing"]["seconds"] > before
     assert "_prior_seconds" not in second
+
+
+def test_a_worker_whose_runner_is_gone_stops_itself():
+    """A second Ctrl-C can end the runner before it shuts its loky workers down: an orphaned
+    worker must stop (checkpoint, preempted record) rather than go on running trials unclaimed."""
+    import os
+
+    from opswap.run import stop
+
+    stop.clear_stop()
+    try:
+        with stop.watch_runner(os.getppid()):  # the runner is alive: nothing to do
+            assert not stop.stop_requested()
+        with stop.watch_runner(os.getpid()):   # the runner running its own trials watches nothing
+            assert not stop.stop_requested()
+        with stop.watch_runner(os.getppid() + 1_000_000):  # this worker's parent is another process now
+            assert stop.stop_requested() and stop.stop_reason() == "runner gone"
+    finally:
+        stop.clear_stop()
+    assert not stop.stop_requested()

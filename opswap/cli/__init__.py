@@ -119,8 +119,9 @@ def _main(argv: list[str]) -> int:
     _logging()
     try:
         return int(module.main(args) or 0)
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
+    except KeyboardInterrupt as err:
+        if not getattr(err, "explained", False):
+            print("\ninterrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
         raise

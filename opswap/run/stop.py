@@ -44,7 +44,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["Preempted", "request_stop", "stop_requested", "stop_reason", "clear_stop", "handle_signals",
+__all__ = ["Preempted", "request_stop", "stop_requested", "stop_reason", "clear_stop", "handle_signals", "watch_runner",
            "STOP_SIGNALS", "CHECKPOINTS", "checkpoint_path", "remove_checkpoint"]
 
 log = logging.getLogger("opswap")
@@ -55,6 +55,7 @@ CHECKPOINTS = "checkpoints"  # <results>/<study>/checkpoints/<trial_id>.safetens
 _event = threading.Event()
 _reason: list[str] = []
 _installed = threading.local()
+_runner: list[int] = []  # in a worker process: the pid of the runner that started it
 
 
 class Preempted(Exception):
@@ -69,8 +70,33 @@ def request_stop(reason: str = "requested") -> None:
 
 
 def stop_requested() -> bool:
-    """Whether a stop was requested (cheap: poll it after every step)."""
+    """Whether a stop was requested (cheap: poll it after every step).
+
+    Inside `watch_runner`, a worker whose runner has exited (a second Ctrl-C can kill the runner
+    before it shuts its workers down) asks itself to stop: its trial checkpoints and resumes later
+    instead of running on, unclaimed, beside the next runner.
+    """
+    if not _event.is_set() and _runner and os.getppid() != _runner[-1]:
+        log.warning("the runner that started this worker is gone: stopping after a checkpoint")
+        request_stop("runner gone")
     return _event.is_set()
+
+
+@contextlib.contextmanager
+def watch_runner(pid: int | None) -> Iterator[None]:
+    """Inside, this process stops (as on a signal) once its parent is no longer `pid`.
+
+    For worker processes started by the runner (loky); None, or this process's own pid (the runner
+    running trials itself), watches nothing.
+    """
+    if pid is None or pid == os.getpid():
+        yield
+        return
+    _runner.append(pid)
+    try:
+        yield
+    finally:
+        _runner.pop()
 
 
 def stop_reason() -> str | None:

@@ -77,6 +77,7 @@ class TrialContext:
     track: tuple[str, ...] = ()          # sinks of opswap.track the records are mirrored into
     tracking_uri: str | None = None
     track_root: str | None = None        # where the sinks store (default: the results root)
+    runner_pid: int | None = None        # loky: the runner, the workers' parent (watched by stop.watch_runner)
 
 
 def _done(out_dir: str | Path, trial_id: str) -> dict | None:
@@ -278,7 +279,7 @@ def execute_trial(trial: Trial, ctx: TrialContext) -> TrialOutcome:
     SIGTERM / SIGUSR1 / SIGUSR2 become stop requests meanwhile (in the process's main thread):
     the trial checkpoints and gets a `preempted` record, and no further attempt starts.
     """
-    with stop.handle_signals():
+    with stop.handle_signals(), stop.watch_runner(ctx.runner_pid):
         return _execute(trial, ctx)
 
 
@@ -399,7 +400,8 @@ def run_trials(trials: Sequence[Trial], *, study: str, out_dir: str | Path, tria
     threads = max(1, available_cpus() // n_jobs)
     ctx = TrialContext(study, str(out_dir), trial_fn, retries, retry_failed, stale_after, slots, threads, teacher,
                        bank, trials_per_device, tuple(track), tracking_uri,
-                       str(track_root) if track_root is not None else None)
+                       str(track_root) if track_root is not None else None,
+                       os.getpid() if backend == "loky" else None)
     say = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
     outcomes: dict[str, TrialOutcome] = {}
     todo = [t for t in trials if _done(out_dir, t.trial_id) is None]

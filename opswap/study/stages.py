@@ -258,19 +258,21 @@ def run_study(study: Study, *, results_dir: str | Path = "results", trial_fn: Tr
     expansion = expand_study(study, root)
     _say(plan(study, expansion, root, run.retries))
     root.mkdir(parents=True, exist_ok=True)
-    stages = prepare_stages(study, expansion, root, trial_fn=trial_fn, progress=progress)
-    teacher, bank, features, trial_fn = stages.teacher, stages.bank, stages.features, stages.trial_fn
-    if stages.expansion is not expansion:  # an assemble study: its trials are the plan's picks
-        expansion = stages.expansion
-        _say(plan(study, expansion, root, run.retries))
     try:
+        stages = prepare_stages(study, expansion, root, trial_fn=trial_fn, progress=progress)
+        teacher, bank, features, trial_fn = stages.teacher, stages.bank, stages.features, stages.trial_fn
+        if stages.expansion is not expansion:  # an assemble study: its trials are the plan's picks
+            expansion = stages.expansion
+            _say(plan(study, expansion, root, run.retries))
         summary = run_trials(order_trials(study, expansion, root), study=study.name, out_dir=root, trial_fn=trial_fn,
                              workers=run.workers, backend=run.backend, address=run.address, devices=run.devices,
                              retries=run.retries, retry_failed=retry_failed, stale_after=run.stale_after,
                              teacher=teacher, bank=bank, progress=progress, trials_per_device=run.trials_per_device,
                              track=run.track, tracking_uri=run.tracking_uri, track_root=Path(results_dir))
-    except KeyboardInterrupt:
-        _say(f"\n{study.name}: interrupted; finished trials are kept, run the same command again to finish the rest")
+    except KeyboardInterrupt as err:
+        _say(f"\n{study.name}: interrupted; what finished (trials, a trained teacher or bank) is kept, "
+             "run the same command again to finish the rest")
+        err.explained = True  # the command line adds nothing
         raise
     csv = write_summary(study, expansion, root)
     counts = ", ".join(f"{n} {k}" for k, n in sorted(summary.counts.items())) or "nothing to run"
