@@ -185,10 +185,20 @@ def _optimizer(params, config: TrainConfig, *, fused: bool = False) -> torch.opt
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """`device`, or CUDA when available, else CPU."""
+    """`device`, or CUDA when available, else CPU; ValueError for a device this machine does not have."""
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"{device!r} is not a device; use cpu, cuda, cuda:N or auto ({err})") from None
+    if resolved.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"device {device!r}: this machine has no CUDA GPU that torch can use; use cpu or auto")
+        if resolved.index is not None and resolved.index >= count:
+            raise ValueError(f"device {device!r}: this machine has {count} CUDA GPU(s), cuda:0..cuda:{count - 1}")
+    return resolved
 
 
 def train(model: nn.Module, data: ImageData, config: TrainConfig, *, device=None,

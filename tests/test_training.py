@@ -279,3 +279,21 @@ def test_keep_freed_memory_is_set_once_on_glibc_and_can_be_turned_off(monkeypatc
     on_glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
     assert allocator.keep_freed_memory() is on_glibc
     allocator.keep_freed_memory.cache_clear()
+
+
+@pytest.mark.parametrize("device, words", [("bogus", "'bogus' is not a device"),
+                                           ("cuda:99", "cuda:99")])
+def test_a_device_this_machine_lacks_is_a_clear_value_error(device, words):
+    from opswap.training import resolve_device
+
+    with pytest.raises(ValueError, match=words):
+        resolve_device(device)
+    assert resolve_device("cpu").type == "cpu"
+
+
+def test_opswap_train_refuses_a_missing_device_before_any_work(tmp_path, capsys):
+    from opswap.cli import main
+
+    out = tmp_path / "out"
+    assert main(["train", "--model", "wrn-10-1", "--dataset", "synthetic", "--device", "bogus", "--out", str(out)]) == 2
+    assert "is not a device" in capsys.readouterr().err and not out.exists()

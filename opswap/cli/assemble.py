@@ -84,6 +84,9 @@ def main(args: argparse.Namespace) -> int:
         raise ValueError("--objective predicted reads its scores from --scores FILE (and --scores needs "
                          "--objective predicted)")
     scores = read_cell_scores(args.scores, args.score_column, what="--scores") if args.scores else None
+    from opswap.training import resolve_device
+
+    resolve_device(args.device)  # a device this machine lacks is refused before any work
     if args.costs:
         _check_costs_file(Path(args.costs))
     check_safetensors(args.teacher, "--teacher")

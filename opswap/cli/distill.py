@@ -58,6 +58,9 @@ def main(args: argparse.Namespace) -> int:
                            schedule=args.schedule, weight_decay=args.weight_decay,
                            max_pairs_at_once=args.max_pairs, seed=args.seed, augment=not args.no_augment,
                            normalize=args.normalize)
+    from opswap.training import resolve_device
+
+    resolve_device(args.device)  # a device this machine lacks is refused before any work
     out = Path(args.out)
     check_safetensors(args.teacher, "--teacher")
     if out.is_dir():

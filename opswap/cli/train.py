@@ -98,6 +98,9 @@ def check_request(args: argparse.Namespace, spec: TrialSpec) -> None:
         raise ValueError(f"--init {args.init} needs --teacher (a teacher checkpoint, .safetensors)")
     if args.init == "lana" and args.position is not None and not args.bank:
         raise ValueError("--init lana needs --bank (a weight bank written by `opswap distill`)")
+    from opswap.training import resolve_device
+
+    resolve_device(args.device)  # a device this machine lacks is refused before any work
     check_dataset(spec.dataset, spec.data)
     check_inputs(spec, teacher=args.teacher, bank=args.bank)
     check_writable_dir(args.out, "the record", "--out")

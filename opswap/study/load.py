@@ -25,6 +25,7 @@ from opswap.study.schema import (_EXPECTED, _METHOD_KEYS, _NAME, STUDY_INITS, ST
 __all__ = ["load_study", "validate"]
 
 _NUM_CLASSES = {"cifar100": 100}
+_KNOWN_CLASSES = {"cifar10": 10, "cifar100": 100, "synthetic": 10}  # datasets whose class count is fixed
 
 
 def load_study(path: str | Path, overrides: Iterable[str | tuple[str, Any]] = ()) -> Study:
@@ -88,6 +89,9 @@ def _resolve(f: StudyFile, problems: Problems, source: str) -> Study:
     num_classes = f.num_classes if f.num_classes is not None else _NUM_CLASSES.get(f.dataset, 10)
     if num_classes < 2:
         problems.add("num_classes", f"{num_classes} is not allowed; a classifier needs at least 2 classes")
+    elif f.num_classes is not None and f.dataset in _KNOWN_CLASSES and f.num_classes != _KNOWN_CLASSES[f.dataset]:
+        problems.add("num_classes", f"{f.num_classes} is not allowed; dataset {f.dataset!r} has "
+                                    f"{_KNOWN_CLASSES[f.dataset]} classes (leave num_classes out)")
     if kind != "methods" and f.model is None:
         problems.add("model", f"missing; {_EXPECTED['model']}")
     if not f.seeds or any(s < 0 for s in f.seeds) or len(set(f.seeds)) != len(f.seeds):
@@ -248,6 +252,23 @@ def _positions(problems: Problems, value, model: str, num_classes: int) -> tuple
     return tuple(v for v in value if v in available)
 
 
+# The type of each [[methods]] key (the value checks follow in _methods and in the trial spec).
+_METHOD_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "kind": ((str,), 'a string: "train" or "traditional"'), "model": ((str,), 'a model name, e.g. "tf-cnn"'),
+    "dataset": ((str,), "a dataset name"), "data": ((str,), "a path"), "num_classes": ((int,), "an integer"),
+    "position": ((int,), "a 1-based position"), "op": ((str,), "an op name"), "init": ((str,), "an init name"),
+    "epochs": ((int,), "a positive integer"), "sparsity": ((int, float), "a fraction in [0, 1)"),
+    "prune": ((str,), "a prune method"), "prune_options": ((dict,), "a table, e.g. { period = 100 }"),
+    "train": ((dict,), "a table of [train] settings, e.g. { lr = 0.05 }"),
+    "distill": ((dict,), "a table of [distill] settings"),
+}
+
+
+def _method_value_ok(key: str, value: Any) -> bool:
+    types = _METHOD_TYPES.get(key, ((object,), ""))[0]
+    return isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
+
+
 def _methods(problems: Problems, items: list[dict]) -> tuple[Method, ...]:
     out = []
     for i, item in enumerate(items):
@@ -256,10 +277,14 @@ def _methods(problems: Problems, items: list[dict]) -> tuple[Method, ...]:
             problems.add(where, 'each [[methods]] table needs name = "<label>" and settings such as model = "tf-cnn"')
             continue
         settings = {k: v for k, v in item.items() if k != "name"}
-        for key in settings:
+        for key in list(settings):
             if key not in _METHOD_KEYS:
                 problems.add(f"{where}.{key}", f"unknown key.{_closest(key, _METHOD_KEYS)} "
                              f"Allowed keys in [[methods]]: {', '.join(sorted(_METHOD_KEYS))}")
+            elif not _method_value_ok(key, settings[key]):
+                problems.add(f"{where}.{key}", f"{settings[key]!r} ({type(settings[key]).__name__}) has the wrong "
+                                               f"type; expected {_METHOD_TYPES[key][1]}")
+                settings.pop(key)  # checked no further
         if isinstance(settings.get("train"), dict):
             check_table(problems, f"{where}.train", settings["train"], "train")
         if settings.get("kind", "train") not in ("train", "traditional"):
