@@ -113,3 +113,14 @@ def test_teacher_checkpoint_replaces_training(tmp_path):
 def test_missing_study_file(tmp_path):
     with pytest.raises(StudyError, match="no such study file"):
         load_study(tmp_path / "nope.toml")
+
+
+def test_a_refused_top_level_key_does_not_hide_the_other_problems(tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text('name = "t"\nmodel = 5\ndataset = "synthetic"\nseed = [0, 1]\n[train]\nlrr = 0.1\n')
+    with pytest.raises(StudyError) as info:
+        load_study(path)
+    text = str(info.value)
+    assert text.startswith("3 problems in the study")
+    assert "seed: unknown key. Did you mean 'seeds'?" in text and "train.lrr: unknown key" in text
+    assert "model: 5 (int) has the wrong type" in text and "model: missing" not in text  # one line per key

@@ -53,7 +53,13 @@ def validate(raw: dict, source: str) -> Study:
         parsed = StudyFile.model_validate(raw)
     except ValidationError as err:
         problems.pydantic(err, raw=raw, expected=_EXPECTED, fields=StudyFile.model_fields)
-        problems.raise_if_any()
+        # Go on without the refused keys, so that the other problems (in [train], ...) are listed too.
+        refused = {str(e["loc"][0]) for e in err.errors() if e["loc"]}
+        try:
+            parsed = StudyFile.model_validate({k: v for k, v in raw.items() if k not in refused})
+        except ValidationError:
+            problems.raise_if_any()
+        problems.settled |= refused
     study = _resolve(parsed, problems, source)
     problems.raise_if_any()
     return study

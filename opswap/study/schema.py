@@ -335,9 +335,12 @@ class Problems:
     """Collects problems as `file: key: what was wrong; what is allowed`."""
 
     def __init__(self, source: str):
-        self.source, self.items = source, []
+        self.source, self.items, self.settled = source, [], set()
 
     def add(self, key: str, message: str) -> None:
+        top = key.split(".")[0].split("[")[0]
+        if top in self.settled:  # its value was refused already; what follows from leaving it out is not news
+            return
         self.items.append(f"{self.source}: {key}: {message}")
 
     def has(self, prefix: str) -> bool:
