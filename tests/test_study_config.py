@@ -124,3 +124,9 @@ def test_a_refused_top_level_key_does_not_hide_the_other_problems(tmp_path):
     assert text.startswith("3 problems in the study")
     assert "seed: unknown key. Did you mean 'seeds'?" in text and "train.lrr: unknown key" in text
     assert "model: 5 (int) has the wrong type" in text and "model: missing" not in text  # one line per key
+
+
+def test_an_override_meant_as_a_list_that_is_not_toml_is_refused():
+    with pytest.raises(StudyError, match=r"'\[2' is not a valid TOML value"):
+        parse_overrides(["epochs=[2"])
+    assert parse_overrides(["epochs=[2]", "dataset=synthetic"]) == [("epochs", [2]), ("dataset", "synthetic")]

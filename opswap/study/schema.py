@@ -331,6 +331,14 @@ def _closest(word: str, options: Iterable[str]) -> str:
     return f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
 
 
+def _table_hint(key: str) -> str:
+    """For a top-level key that belongs in a table (`lr` is `train.lr`): where it goes."""
+    for table, model in (("train", _TRAIN_TABLE), ("distill", _DISTILL_TABLE)):
+        if key in model.model_fields:
+            return f" {key!r} is a [{table}] setting: write it under [{table}] (or --set {table}.{key}=...)."
+    return ""
+
+
 class Problems:
     """Collects problems as `file: key: what was wrong; what is allowed`."""
 
@@ -364,7 +372,8 @@ class Problems:
             elif e["type"] == "extra_forbidden":
                 names = sorted(fields)
                 table = f" in [{where.rstrip('.')}]" if where else ""
-                self.add(key, f"unknown key.{_closest(top, names)} Allowed keys{table}: {', '.join(names)}")
+                hint = _closest(top, names) or (_table_hint(top) if not where else "")
+                self.add(key, f"unknown key.{hint} Allowed keys{table}: {', '.join(names)}")
             elif e["type"] == "missing":
                 self.add(key, f"missing; {allowed or 'required'}")
             elif e["type"].endswith(("_type", "_parsing")) or e["type"] in ("literal_error", "union_tag_invalid"):
@@ -393,7 +402,10 @@ def parse_overrides(items: Iterable[str], flag: str = "--set",
             raise StudyError(f"{flag} {item!r}: expected key=value with a (dotted) key, e.g. {example}")
         try:
             value = tomllib.loads(f"v = {raw.strip()}")["v"]
-        except tomllib.TOMLDecodeError:
+        except tomllib.TOMLDecodeError as err:
+            if raw.strip().startswith(("[", "{", '"', "'")):  # meant as a list, table or quoted string
+                raise StudyError(f"{flag} {item!r}: {raw.strip()!r} is not a valid TOML value ({err}), "
+                                 f"e.g. {example}") from None
             value = raw.strip()
         parsed.append((key, value))
     return parsed
