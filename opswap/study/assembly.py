@@ -187,10 +187,10 @@ def _plan_settings(study: Study) -> dict[str, Any]:
 
 
 def _file_digest(path: str) -> str | None:
-    import hashlib
+    from opswap.run.spec import file_identity
 
     try:
-        return hashlib.sha256(Path(path).expanduser().read_bytes()).hexdigest()
+        return file_identity("scores", path)
     except OSError:
         return None
 
