@@ -84,7 +84,7 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, *, val_fracti
     else:
         data = _folder(path)
     if val_fraction > 0:
-        keep, held = _stratified(data.y_train, val_fraction, seed)
+        keep, held = _stratified(data.y_train, val_fraction, seed, keep_one=True)
         data = replace(data, x_train=data.x_train[keep], y_train=data.y_train[keep],
                        x_val=data.x_train[held], y_val=data.y_train[held])
     if train_fraction < 1.0:
@@ -93,21 +93,33 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, *, val_fracti
     return data
 
 
-def check_dataset(name: str, root: str | os.PathLike | None = None, *, download: bool = True) -> None:
+class DatasetInfo(NamedTuple):
+    """What `check_dataset` learns without reading images: the class count and the image size."""
+
+    num_classes: int
+    image_size: tuple[int, int]  # (height, width) of the images a model is given
+
+
+def check_dataset(name: str, root: str | os.PathLike | None = None, *, download: bool = True) -> DatasetInfo:
     """Refuse a dataset `load_dataset` would refuse, cheaply: without reading the images.
 
     npz: opens the archive, reads the image arrays' headers and checks labels and classes in full.
     folder: lists train/ and test/. CIFAR: checks that the batch files are present, or that they
     may be downloaded; their contents are checked (restricted unpickler) by `load_dataset`.
-    Raises ValueError or FileNotFoundError with a message for people; returns None when fine.
+    Raises ValueError or FileNotFoundError with a message for people; returns the class count and
+    image size `load_dataset` will give (synthetic: those of its defaults).
     """
     path = _dataset_path(name, root)
     if name in ("cifar10", "cifar100"):
         _cifar_missing(name, path, download)
-    elif name == "npz":
-        _npz_checked(path, images=False)
-    elif name == "folder":
-        _image_folders(path)
+        return DatasetInfo(10 if name == "cifar10" else 100, (32, 32))
+    if name == "npz":
+        arrays = _npz_checked(path, images=False)
+        _, classes = _checked(str(path), *(arrays[k] for k in _NPZ_KEYS), arrays.get("classes"))
+        return DatasetInfo(len(classes), tuple(int(d) for d in arrays["x_train"].shape[1:3]))
+    if name == "folder":
+        return DatasetInfo(len(_image_folders(path)[0].classes), (32, 32))  # resized on load
+    return DatasetInfo(10, (32, 32))  # synthetic
 
 
 def _dataset_path(name: str, root: str | os.PathLike | None) -> Path | None:
@@ -122,14 +134,18 @@ def _dataset_path(name: str, root: str | os.PathLike | None) -> Path | None:
     return None if root is None else Path(root)
 
 
-def _stratified(y: Tensor, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
-    """Split indices of `y` in two, `fraction` of every class (at least one) in the second."""
+def _stratified(y: Tensor, fraction: float, seed: int, *, keep_one: bool = False) -> tuple[Tensor, Tensor]:
+    """Split indices of `y` in two, `fraction` of every class (at least one) in the second.
+
+    With `keep_one`, every class also keeps at least one index in the first part (a class of one
+    stays there): a held-out split never takes a class away from training.
+    """
     gen = torch.Generator().manual_seed(seed)
     rest, part = [], []
     for c in torch.unique(y):
         idx = torch.nonzero(y == c).flatten()
         idx = idx[torch.randperm(len(idx), generator=gen)]
-        k = min(len(idx), max(1, round(fraction * len(idx))))
+        k = min(len(idx) - keep_one, max(1, round(fraction * len(idx))))
         part.append(idx[:k])
         rest.append(idx[k:])
     return torch.cat(rest).sort().values, torch.cat(part).sort().values
@@ -259,9 +275,7 @@ def _npz_checked(path: Path, *, images: bool) -> dict[str, np.ndarray | _Header]
                              f"expected {_NPZ_CONTRACT}")
         keys = _NPZ_KEYS + (("classes",) if "classes" in f.files else ())
         arrays = {k: _npz_array(path, f, k, header=not images and k.startswith("x_")) for k in keys}
-    if not images:  # with images, _image_data checks them
-        _checked(str(path), *(arrays[k] for k in _NPZ_KEYS), arrays.get("classes"))
-    return arrays
+    return arrays  # checked by the caller: _image_data or check_dataset
 
 
 def _npz_array(path: Path, f, key: str, *, header: bool) -> np.ndarray | _Header:

@@ -81,6 +81,21 @@ def test_assembly_keys_are_read_and_budgets_canonical(tmp_path):
     assert all(op != "baseline" for _, op in pairs)
 
 
+def test_a_count_budget_out_of_reach_is_refused_at_load(tmp_path):
+    from opswap.study.schema import StudyError
+
+    with pytest.raises(StudyError) as err:
+        _study(tmp_path, overrides=['budgets=["macs=0.6", "macs=0.01", "params=50%,latency=1us", "macs=5:6"]'])
+    message = str(err.value)
+    assert message.startswith("2 problems")
+    assert "budgets[1]: no assignment meets macs <= 0.01 of the teacher: the cheapest reachable macs is" in message
+    assert "budgets[3]: no assignment meets macs in [5, 6] of the teacher" in message and "the dearest" in message
+    assert "budgets[0]" not in message and "budgets[2]" not in message  # latency is measured with the plan
+    # the cheapest network is reachable exactly
+    cheapest = float(message.split("the cheapest reachable macs is ")[1].split("(")[1].split(" ")[0])
+    assert _study(tmp_path, overrides=[f'budgets=["macs={cheapest * 1.001:.6f}"]']).budgets
+
+
 def test_expansion_before_and_after_the_plan_has_stable_distinct_ids(tmp_path):
     study = _study(tmp_path)
     root = tmp_path / "results" / "asm"
@@ -192,11 +207,11 @@ def test_assembled_trial_model_is_teacher_plus_bank_entries(tiny_bank):
 
 
 def _npz(path: Path) -> Path:
-    """200 training and 100 test images of 16×16, ten learnable classes (fast to train and evaluate)."""
+    """200 training and 100 test images, ten learnable classes (fast to train and evaluate)."""
     from opswap.data import synthetic
 
     data = synthetic(200, 100, seed=5)
-    x = lambda t: t[:, :, ::2, ::2].permute(0, 2, 3, 1).contiguous().numpy()  # noqa: E731
+    x = lambda t: t.permute(0, 2, 3, 1).contiguous().numpy()  # noqa: E731
     np.savez(path, x_train=x(data.x_train), y_train=data.y_train.numpy(), x_test=x(data.x_test),
              y_test=data.y_test.numpy())
     return path

@@ -363,3 +363,24 @@ def test_synthetic_is_learnable_and_rewards_capacity():
     small = train(cnn([4, 8]), data, config).metrics["test_acc"]
     larger = train(cnn([8, 16, 32]), data, config).metrics["test_acc"]
     assert small > 20.0 and larger > small + 3.0  # chance is 10 %
+
+
+def test_check_dataset_gives_the_class_count_and_image_size_without_reading_images(tmp_path):
+    info = check_dataset("npz", save_npz(tmp_path / "d.npz", x_train=np.zeros((4, 5, 7, 3), np.uint8),
+                                         x_test=np.zeros((2, 5, 7, 3), np.uint8)))
+    assert info.num_classes == 3 and info.image_size == (5, 7)
+    named = check_dataset("npz", save_npz(tmp_path / "c.npz", classes=np.array(list("abcdef"))))
+    assert named.num_classes == 6  # the classes array, not the largest label, sets the count
+    assert check_dataset("synthetic") == (10, (32, 32))
+    assert check_dataset("cifar100", tmp_path / "absent") == (100, (32, 32))  # may be downloaded
+
+
+def test_a_large_val_fraction_leaves_every_class_in_training():
+    labels = synthetic(60, 10).y_train
+    split = load_dataset("synthetic", val_fraction=0.999, n_train=60, n_test=10)
+    assert sorted(split.y_train.tolist()) == labels.unique().tolist()  # exactly one image per class
+    assert len(split.y_train) + len(split.y_val) == 60
+    usual = load_dataset("synthetic", val_fraction=0.1, n_train=60, n_test=10)
+    counts = torch.bincount(labels, minlength=10).tolist()
+    assert torch.bincount(usual.y_val, minlength=10).tolist() == [max(1, round(0.1 * n)) if n > 1 else 0
+                                                                  for n in counts]

@@ -367,8 +367,8 @@ def test_random_init_model_is_seeded_and_leaves_the_rest(random_teacher):
 
 def test_cli_distils_scores_resumes_and_refuses_to_overwrite(tmp_path, random_teacher, capsys):
     rng = np.random.default_rng(0)
-    np.savez(tmp_path / "d.npz", x_train=rng.integers(0, 256, (48, 16, 16, 3), dtype=np.uint8),
-             y_train=np.arange(48) % 10, x_test=rng.integers(0, 256, (20, 16, 16, 3), dtype=np.uint8),
+    np.savez(tmp_path / "d.npz", x_train=rng.integers(0, 256, (48, 32, 32, 3), dtype=np.uint8),
+             y_train=np.arange(48) % 10, x_test=rng.integers(0, 256, (20, 32, 32, 3), dtype=np.uint8),
              y_test=np.arange(20) % 10)
     ckpt = save_weights(random_teacher, tmp_path / "teacher.safetensors")
     out = tmp_path / "bank.safetensors"

@@ -130,3 +130,55 @@ def test_an_override_meant_as_a_list_that_is_not_toml_is_refused():
     with pytest.raises(StudyError, match=r"'\[2' is not a valid TOML value"):
         parse_overrides(["epochs=[2"])
     assert parse_overrides(["epochs=[2]", "dataset=synthetic"]) == [("epochs", [2]), ("dataset", "synthetic")]
+
+
+def _npz(path: Path, size: int = 32, classes: int = 3) -> Path:
+    import numpy as np
+
+    np.savez(path, x_train=np.zeros((6, size, size, 3), np.uint8), y_train=np.arange(6) % classes,
+             x_test=np.zeros((3, size, size, 3), np.uint8), y_test=np.arange(3) % classes)
+    return path
+
+
+def test_the_dataset_sets_num_classes_and_a_contradicting_one_is_refused(tmp_path):
+    from opswap.study import expand_study
+
+    data = _npz(tmp_path / "three.npz")
+    path = tmp_path / "s.toml"
+    path.write_text(f'name = "s"\nmodel = "wrn-10-1"\ndataset = "npz"\ndata = "{data}"\npositions = [1]\n'
+                    'candidates = ["conv_bn"]\nepochs = [1]\n')
+    study = load_study(path)
+    assert study.num_classes == 3
+    assert {t.spec.num_classes for t in expand_study(study).trials} == {3}
+    with pytest.raises(StudyError, match="num_classes: 10 is not allowed; dataset 'npz' has 3 classes"):
+        load_study(path, ["num_classes=10"])
+
+
+def test_images_the_models_cannot_take_are_refused_before_anything_runs(tmp_path):
+    data = _npz(tmp_path / "big.npz", size=64)
+    path = tmp_path / "s.toml"
+    path.write_text(f'name = "s"\nmodel = "tf-cnn"\ndataset = "npz"\ndata = "{data}"\nepochs = [1]\n')
+    with pytest.raises(StudyError, match=r"data: images are 64x64, but opswap's models .* take 32x32"):
+        load_study(path)
+
+
+def test_methods_check_their_own_data(tmp_path):
+    big, three = _npz(tmp_path / "big.npz", size=64), _npz(tmp_path / "three.npz")
+    path = tmp_path / "m.toml"
+    head = f'name = "m"\ndataset = "npz"\ndata = "{three}"\nepochs = [1]\n'
+    path.write_text(head + f'[[methods]]\nname = "a"\nmodel = "tf-cnn"\ndata = "{big}"\n'
+                    f'[[methods]]\nname = "b"\nmodel = "tf-cnn"\ndata = "{big}"\n')
+    with pytest.raises(StudyError) as err:
+        load_study(path)
+    message = str(err.value)
+    assert "methods[0].data: images are 64x64" in message and "methods[1].data: images are 64x64" in message
+    assert message.startswith("2 problems")
+    # features of any size suit a traditional method; a method on another dataset takes its class count
+    path.write_text(head + f'[[methods]]\nname = "hog"\nkind = "traditional"\ndata = "{big}"\n'
+                    '[[methods]]\nname = "syn"\nmodel = "tf-cnn"\ndataset = "synthetic"\n'
+                    '[[methods]]\nname = "cnn"\nmodel = "tf-cnn"\n')
+    from opswap.study import expand_study
+
+    study = load_study(path)
+    by_method = {t.spec.method: t.spec.num_classes for t in expand_study(study).trials}
+    assert by_method == {"hog": 3, "syn": 10, "cnn": 3}

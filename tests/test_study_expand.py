@@ -174,3 +174,23 @@ def test_distillation_sees_the_inputs_the_teacher_was_trained_on(tmp_path):
     assert all(s["distill"]["normalize"] == "unit" and s["distill"]["augment"] is False for s in lana)
     explicit = _study(tmp_path, GRID + '[train]\nnormalize = "unit"\n[distill]\nnormalize = "standard"\n')
     assert explicit.distill["normalize"] == "standard"  # a [distill] setting still wins
+
+
+def test_a_bank_or_teacher_cut_short_is_built_again(tmp_path):
+    """A stage whose file is damaged (a full disk, an interrupted copy) is pending, not handed on."""
+    import torch
+    from safetensors.torch import save_file
+
+    from opswap.study import stages
+
+    root = tmp_path / "results"
+    root.mkdir()
+    save_file({"w": torch.zeros(256)}, root / "bank.safetensors")
+    (root / "bank.key").write_text("abc\n")
+    assert stages._bank_current(root, "abc") and not stages._bank_current(root, "abd")
+    whole = (root / "bank.safetensors").read_bytes()
+    (root / "bank.safetensors").write_bytes(whole[:-64])  # the key file is intact
+    assert not stages._bank_current(root, "abc")
+    (root / "bank.safetensors").write_bytes(b"")
+    assert not stages._bank_current(root, "abc")
+    assert not stages._intact(root / "missing.safetensors")

@@ -281,3 +281,29 @@ def test_opswap_train_ids_follow_the_teacher_and_bank_files(tmp_path):
             for b in (bank_a, bank_b)]
     assert lana[0].trial_id != lana[1].trial_id and lana[0].teacher.endswith(file_identity("bank", bank_a))
     assert spec().teacher is None  # from scratch: the id as before
+
+
+def test_opswap_train_takes_the_class_count_and_refuses_images_of_another_size(tmp_path, capsys):
+    from opswap.cli import main
+
+    rng = np.random.default_rng(0)
+    for name, size in (("three", 32), ("big", 40)):
+        np.savez(tmp_path / f"{name}.npz", x_train=rng.integers(0, 256, (12, size, size, 3), dtype=np.uint8),
+                 y_train=np.arange(12) % 3, x_test=rng.integers(0, 256, (6, size, size, 3), dtype=np.uint8),
+                 y_test=np.arange(6) % 3)
+    out = tmp_path / "out"
+    base = ["train", "--model", "tf-cnn", "--dataset", "npz", "--epochs", "1", "--batch-size", "6",
+            "--latency-batch-size", "0", "--no-progress", "--out", str(out)]
+    assert main(base + ["--data", str(tmp_path / "three.npz")]) == 0
+    record = read_record(next(out.glob("*.json")))
+    assert record["settings"]["num_classes"] == 3 and len(record["metrics"]["per_class_acc"]) == 3
+    capsys.readouterr()
+    assert main(base + ["--data", str(tmp_path / "three.npz"), "--num-classes", "10"]) == 2
+    assert "--num-classes 10: dataset 'npz' has 3 classes" in capsys.readouterr().err
+    assert main(base + ["--data", str(tmp_path / "big.npz")]) == 2
+    assert "images are 40x40, but opswap's models (WRN, tf-cnn) take 32x32" in capsys.readouterr().err
+    assert len(list(out.glob("*.json"))) == 1  # nothing written for the refused requests
+    # through the API the trial fails with the same reason, before any training
+    spec = TrialSpec.create(model="tf-cnn", dataset="npz", data=str(tmp_path / "big.npz"), num_classes=3, epochs=1)
+    record = run_trial(spec)
+    assert record["status"] == "failed" and "images are 40x40" in record["error"] and record["history"] == []

@@ -19,6 +19,22 @@ def check_writable_dir(path: str | os.PathLike, what: str, flag: str) -> None:
                          "there (choose another folder)")
 
 
+def check_data(dataset: str, data: str | None, num_classes: int | None = None, *, neural: bool = True,
+               flag: str = "--num-classes") -> int:
+    """The class count of `dataset` (or `num_classes`, which must match it), refusing, before any work,
+    a dataset that cannot be read or whose images the models cannot take."""
+    from opswap.data import check_dataset
+    from opswap.models import check_image_size
+
+    info = check_dataset(dataset, data)
+    if neural:
+        check_image_size(info.image_size, f"--data {data}" if data else f"dataset {dataset!r}")
+    if num_classes is not None and num_classes != info.num_classes:
+        raise ValueError(f"{flag} {num_classes}: dataset {dataset!r} has {info.num_classes} classes "
+                         f"(leave {flag} out to take the dataset's)")
+    return info.num_classes
+
+
 def add_study_arguments(parser: argparse.ArgumentParser) -> None:
     """The study file, the results root and --set overrides."""
     parser.add_argument("study", help="the study file (TOML), e.g. studies/quickstart.toml")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from opswap.assemble.scores import SCORE_COLUMNS, read_cell_scores, unscored_cells
 from opswap.cli._render import FORMATS, render
+from opswap.cli._common import check_data
 from opswap.data import DATASETS
 
 log = logging.getLogger("opswap")
@@ -90,6 +91,7 @@ def main(args: argparse.Namespace) -> int:
     if args.costs:
         _check_costs_file(Path(args.costs))
     check_safetensors(args.teacher, "--teacher")
+    check_data(args.dataset, args.data)
     bank = WeightBank.load(args.bank)
     data = load_dataset(args.dataset, args.data, val_fraction=args.val_fraction)
     teacher = load_teacher(args.teacher, args.model, data.num_classes)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from opswap.cli._common import check_writable_dir
+from opswap.cli._common import check_data, check_writable_dir
 from opswap.data import DATASETS
 from opswap.run.record import record_path, write_record
 from opswap.run.spec import INITS, TrialSpec
@@ -18,6 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--model", required=True, help="wrn-<depth>-<widen> (e.g. wrn-16-2) or tf-cnn")
     a("--dataset", required=True, choices=DATASETS, help="the dataset (cifar10/100 download to --data)")
     a("--data", help="dataset root or file (npz: the .npz file; folder: a dir with train/ and test/)")
+    a("--num-classes", type=int, help="classifier outputs (default: the dataset's class count)")
     a("--epochs", type=int, default=10, help="training epochs")
     a("--optimizer", choices=OPTIMIZERS, default="sgd", help="optimiser")
     a("--lr", type=float, help="learning rate (default: sgd 0.1, adam 1e-3)")
@@ -56,8 +57,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--no-progress", action="store_true", help="no progress bar")
 
 
-def spec_from_args(args: argparse.Namespace) -> TrialSpec:
-    """The trial spec of the command line (validated: a bad value raises ValueError)."""
+def spec_from_args(args: argparse.Namespace, num_classes: int | None = None) -> TrialSpec:
+    """The trial spec of the command line (validated: a bad value raises ValueError).
+
+    `num_classes` is the dataset's class count (`check_data`), used when --num-classes is left out.
+    """
     from opswap.study.schema import parse_overrides
 
     train = {"optimizer": args.optimizer, "lr": args.lr, "momentum": args.momentum,
@@ -69,6 +73,7 @@ def spec_from_args(args: argparse.Namespace) -> TrialSpec:
     try:
         return TrialSpec.create(
             model=args.model, dataset=args.dataset, data=args.data, epochs=args.epochs, seed=args.seed,
+            num_classes=args.num_classes if args.num_classes is not None else num_classes,
             val_fraction=args.val_fraction, data_fraction=args.data_fraction, position=args.position,
             op=args.op, init=args.init, sparsity=args.sparsity, prune=args.prune, prune_options=options,
             save_weights=args.save_weights, latency_batch_size=args.latency_batch_size, train=train,
@@ -91,7 +96,6 @@ def _inputs(args: argparse.Namespace) -> str | None:
 
 def check_request(args: argparse.Namespace, spec: TrialSpec) -> None:
     """Refuse what cannot run before anything is trained or written."""
-    from opswap.data import check_dataset
     from opswap.run.trial import check_inputs
 
     if args.init != "scratch" and not args.teacher:
@@ -101,7 +105,6 @@ def check_request(args: argparse.Namespace, spec: TrialSpec) -> None:
     from opswap.training import resolve_device
 
     resolve_device(args.device)  # a device this machine lacks is refused before any work
-    check_dataset(spec.dataset, spec.data)
     check_inputs(spec, teacher=args.teacher, bank=args.bank)
     check_writable_dir(args.out, "the record", "--out")
 
@@ -109,7 +112,8 @@ def check_request(args: argparse.Namespace, spec: TrialSpec) -> None:
 def main(args: argparse.Namespace) -> int:
     from opswap.run.trial import run_trial
 
-    spec = spec_from_args(args)
+    # the dataset is checked first: its class count is part of the spec (and the trial id)
+    spec = spec_from_args(args, check_data(args.dataset, args.data, args.num_classes))
     check_request(args, spec)
     out = Path(args.out)
     trial_id = spec.trial_id

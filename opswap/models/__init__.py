@@ -9,7 +9,7 @@ from torch import nn
 from opswap.models.tfcnn import TFCNN
 from opswap.models.wrn import PositionSpec, WideResNet, WRNBlock
 
-__all__ = ["build_model", "list_models", "WideResNet", "WRNBlock", "TFCNN", "PositionSpec"]
+__all__ = ["build_model", "list_models", "INPUT_SIZE", "check_image_size", "WideResNet", "WRNBlock", "TFCNN", "PositionSpec"]
 
 _WRN = re.compile(r"^wrn[-_](\d+)[-_](\d+)$")
 # Names shown in listings and registered with timm; any valid wrn-<6n+4>-<k> builds.
@@ -25,6 +25,20 @@ def list_models() -> list[str]:
 # study's validation or exhaust memory. 1e9 parameters is 4 GiB of fp32 weights.
 MAX_PARAMS = 1_000_000_000
 MAX_CLASSES = 1_000_000
+
+
+# Every model built by name takes CIFAR-sized images: the WRN position table (resolutions, MACs)
+# and tf-cnn's classifier (64·4·4 inputs) are fixed by it.
+INPUT_SIZE = (3, 32, 32)
+
+
+def check_image_size(image_size: tuple[int, int], where: str = "") -> None:
+    """Refuse images of another (height, width) than `INPUT_SIZE`, naming `where` they come from."""
+    h, w = (int(d) for d in image_size)
+    if (h, w) != INPUT_SIZE[1:]:
+        raise ValueError(f"{where + ': ' if where else ''}images are {h}x{w}, but opswap's models (WRN, tf-cnn) take "
+                         f"{INPUT_SIZE[1]}x{INPUT_SIZE[2]} images; resize them to {INPUT_SIZE[1]}x{INPUT_SIZE[2]} "
+                         "first (dataset 'folder' resizes its images on load)")
 
 
 def _wrn_params(depth: int, widen: int, num_classes: int) -> int:

@@ -179,13 +179,15 @@ def _run(record, spec: TrialSpec, teacher, bank, device, progress, weights_path,
         return
     import torch
 
+    from opswap.models import INPUT_SIZE, check_image_size
     from opswap.substitution import complexity, positions
     from opswap.training import load_weights, save_weights, train
 
+    check_image_size(tuple(data.x_train.shape[2:]), f"dataset {spec.dataset!r}")
     check_inputs(spec, teacher=teacher, bank=bank)
     torch.manual_seed(spec.seed)  # fresh weights (scratch, random init) follow the seed
     model, extra = _build(spec, data.num_classes, teacher, bank)
-    params, macs = complexity(model, (1, 3, 32, 32))
+    params, macs = complexity(model, (1, *INPUT_SIZE))
     pos = positions(model)[spec.position - 1] if spec.position else None
     config = spec.train
     teacher_model = None

@@ -28,7 +28,7 @@ from typing import Any
 from opswap.atomic import write_json
 from opswap.study.schema import Problems, Study, _closest
 
-__all__ = ["PLAN_FILE", "BASELINES", "budget_text", "assembly_settings", "bank_pairs", "load_plan",
+__all__ = ["PLAN_FILE", "BASELINES", "budget_text", "assembly_settings", "bank_pairs", "unreachable_budgets", "load_plan",
            "assembly_trials", "prepare_plan", "plan_trial_fn", "pick_key"]
 
 log = logging.getLogger("opswap")
@@ -173,6 +173,37 @@ def bank_pairs(study: Study) -> list[tuple[int, str]]:
     model, _ = model_positions(study.model, study.num_classes)
     names = [c.name for c in study.candidates if c.family != "baseline"]
     return sorted((p, op) for p in study.positions for op in valid_ops(model, p, names))
+
+
+def unreachable_budgets(study: Study) -> list[tuple[int, str]]:
+    """(index, reason) of each budget whose parameter or MAC bound no assignment of the study meets.
+
+    Counted on the untrained model (params and MACs do not depend on weights), so a budget out of
+    reach is refused when the study is loaded, not after teacher and bank; latency bounds are
+    measured with the plan. Pairs the plan later leaves out (a diverged bank entry) only narrow
+    the range, so nothing refused here could have been met.
+    """
+    from opswap.assemble.budget import BudgetError, parse_budgets
+    from opswap.assemble.costs import COUNT_METRICS, measure_costs
+    from opswap.assemble.problem import build_problem
+    from opswap.run.spec import model_positions
+
+    counted = []
+    for i, text in enumerate(study.budgets):
+        bounds = [b for b in parse_budgets(text) if b.metric in COUNT_METRICS]
+        if bounds:
+            counted.append((i, bounds))
+    if not counted or not study.positions:
+        return []
+    model, _ = model_positions(study.model, study.num_classes)
+    costs = measure_costs(model, bank_pairs(study) or [(p, "baseline") for p in study.positions], batch_sizes=())
+    out = []
+    for i, bounds in counted:
+        try:
+            build_problem(costs, bounds, positions=study.positions).check_reachable()
+        except BudgetError as err:
+            out.append((i, str(err)))
+    return out
 
 
 # -- the plan ----------------------------------------------------------------------------------

@@ -25,7 +25,38 @@ from opswap.study.schema import (_EXPECTED, _METHOD_KEYS, _NAME, STUDY_INITS, ST
 __all__ = ["load_study", "validate"]
 
 _NUM_CLASSES = {"cifar100": 100}
-_KNOWN_CLASSES = {"cifar10": 10, "cifar100": 100, "synthetic": 10}  # datasets whose class count is fixed
+
+
+def _dataset_info(problems: Problems, key: str, dataset: str, data: str | None):
+    """The dataset's class count and image size, checked cheaply (headers and labels) before anything runs."""
+    if dataset not in DATASETS or problems.has(key):
+        return None
+    try:
+        return check_dataset(dataset, data)
+    except (ValueError, OSError) as err:
+        problems.add(key, str(err))
+        return None
+
+
+def _num_classes(problems: Problems, key: str, given: int | None, dataset: str, info) -> int:
+    """`given`, or the dataset's class count when it is left out; a count the data contradicts is refused."""
+    if given is None:
+        return info.num_classes if info is not None else _NUM_CLASSES.get(dataset, 10)
+    if given < 2:
+        problems.add(key, f"{given} is not allowed; a classifier needs at least 2 classes")
+    elif info is not None and given != info.num_classes:
+        problems.add(key, f"{given} is not allowed; dataset {dataset!r} has {info.num_classes} classes "
+                          "(leave num_classes out to take the dataset's)")
+    return given
+
+
+def _image_size_ok(problems: Problems, key: str, info) -> None:
+    from opswap.models import check_image_size
+
+    try:
+        check_image_size(info.image_size)
+    except ValueError as err:
+        problems.add(key, str(err))
 
 
 def load_study(path: str | Path, overrides: Iterable[str | tuple[str, Any]] = ()) -> Study:
@@ -62,6 +93,12 @@ def validate(raw: dict, source: str) -> Study:
         problems.settled |= refused
     study = _resolve(parsed, problems, source)
     problems.raise_if_any()
+    if study.kind == "assemble":  # a parameter or MAC budget out of reach, before any training
+        from opswap.study.assembly import unreachable_budgets
+
+        for i, reason in unreachable_budgets(study):
+            problems.add(f"budgets[{i}]", reason)
+        problems.raise_if_any()
     return study
 
 
@@ -87,17 +124,10 @@ def _resolve(f: StudyFile, problems: Problems, source: str) -> Study:
         problems.add("data", f'dataset {f.dataset!r} needs its root: data = "path/to/'
                      f'{"file.npz" if f.dataset == "npz" else "folder"}"')
     _path(problems, "data", f.data, "dataset root", parent_ok=f.dataset in ("cifar10", "cifar100"))
-    if f.dataset in DATASETS and not problems.has("data"):
-        try:  # the files themselves, cheaply (headers and labels), before anything runs
-            check_dataset(f.dataset, f.data)
-        except (ValueError, OSError) as err:
-            problems.add("data", str(err))
-    num_classes = f.num_classes if f.num_classes is not None else _NUM_CLASSES.get(f.dataset, 10)
-    if num_classes < 2:
-        problems.add("num_classes", f"{num_classes} is not allowed; a classifier needs at least 2 classes")
-    elif f.num_classes is not None and f.dataset in _KNOWN_CLASSES and f.num_classes != _KNOWN_CLASSES[f.dataset]:
-        problems.add("num_classes", f"{f.num_classes} is not allowed; dataset {f.dataset!r} has "
-                                    f"{_KNOWN_CLASSES[f.dataset]} classes (leave num_classes out)")
+    info = _dataset_info(problems, "data", f.dataset, f.data)
+    num_classes = _num_classes(problems, "num_classes", f.num_classes, f.dataset, info)
+    if info is not None and kind != "methods":  # a methods study's networks are checked per method
+        _image_size_ok(problems, "data", info)
     if kind != "methods" and f.model is None:
         problems.add("model", f"missing; {_EXPECTED['model']}")
     if not f.seeds or any(s < 0 for s in f.seeds) or len(set(f.seeds)) != len(f.seeds):
@@ -136,7 +166,7 @@ def _resolve(f: StudyFile, problems: Problems, source: str) -> Study:
         teacher = teacher.model_copy(update={"train": False})
     run = _table(problems, "run", f.run, RunConfig)
     predict = _table(problems, "predict", f.predict, PredictConfig)
-    methods = _methods(problems, f.methods) if kind == "methods" else ()
+    methods = _methods(problems, f.methods, f, info, num_classes) if kind == "methods" else ()
     if f.reference is not None:
         names = [m.name for m in methods]
         if kind != "methods":
@@ -258,6 +288,28 @@ def _positions(problems: Problems, value, model: str, num_classes: int) -> tuple
     return tuple(v for v in value if v in available)
 
 
+def _method_data(problems: Problems, where: str, settings: dict, f: StudyFile, info, num_classes: int) -> None:
+    """A method's dataset (its own or the study's): readable, of the method's class count and image size."""
+    own = "dataset" in settings or "data" in settings
+    dataset = settings.get("dataset", f.dataset)
+    if own:
+        if dataset not in DATASETS:
+            problems.add(f"{where}.dataset", f"unknown dataset {dataset!r}.{_closest(dataset, DATASETS)} "
+                                             f"Allowed: {', '.join(DATASETS)}")
+            return
+        data = settings.get("data", f.data)  # as the trials get it
+        if dataset in ("npz", "folder") and data is None:
+            problems.add(f"{where}.data", f"dataset {dataset!r} needs its root: data = \"path/to/...\"")
+            return
+        info = _dataset_info(problems, f"{where}.data", dataset, data)
+    if "num_classes" in settings:
+        _num_classes(problems, f"{where}.num_classes", settings["num_classes"], dataset, info)
+    elif own:
+        settings["num_classes"] = _num_classes(problems, f"{where}.num_classes", None, dataset, info)
+    if info is not None and settings.get("kind", "train") != "traditional":  # features work at any size
+        _image_size_ok(problems, f"{where}.data" if own else "data", info)
+
+
 # The type of each [[methods]] key (the value checks follow in _methods and in the trial spec).
 _METHOD_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "kind": ((str,), 'a string: "train" or "traditional"'), "model": ((str,), 'a model name, e.g. "tf-cnn"'),
@@ -275,7 +327,8 @@ def _method_value_ok(key: str, value: Any) -> bool:
     return isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
 
 
-def _methods(problems: Problems, items: list[dict]) -> tuple[Method, ...]:
+def _methods(problems: Problems, items: list[dict], f: StudyFile, info, num_classes: int) -> tuple[Method, ...]:
+    """The [[methods]] tables, checked; a method with its own dataset gets that dataset's class count."""
     out = []
     for i, item in enumerate(items):
         where = f"methods[{i}]"
@@ -304,6 +357,7 @@ def _methods(problems: Problems, items: list[dict]) -> tuple[Method, ...]:
             problems.add(f"{where}.prune", f"{settings['prune']!r} is not a prune method; allowed: {', '.join(PRUNE_METHODS)}")
         elif "prune_options" in settings:
             _prune_options(problems, f"{where}.prune_options", settings.get("prune", "none"), settings["prune_options"])
+        _method_data(problems, where, settings, f, info, num_classes)
         if any(m.name == item["name"] for m in out):
             problems.add(where, f"method name {item['name']!r} is used twice")
         out.append(Method(item["name"], settings))

@@ -349,7 +349,9 @@ class Problems:
         top = key.split(".")[0].split("[")[0]
         if top in self.settled:  # its value was refused already; what follows from leaving it out is not news
             return
-        self.items.append(f"{self.source}: {key}: {message}")
+        item = f"{self.source}: {key}: {message}"
+        if item not in self.items:  # e.g. several methods sharing the study's dataset
+            self.items.append(item)
 
     def has(self, prefix: str) -> bool:
         return any(p.startswith(f"{self.source}: {prefix}") for p in self.items)

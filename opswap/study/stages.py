@@ -86,7 +86,18 @@ def _teacher_done(study: Study, results_dir: Path) -> str | None:
     weights = out / f"{trial.trial_id}.safetensors"
     record = load_record(out, trial.trial_id)
     ok = isinstance(record, dict) and record.get("status") == "ok"
-    return str(weights) if ok and weights.is_file() else None
+    return str(weights) if ok and _intact(weights) else None
+
+
+def _intact(path: Path) -> bool:
+    """Whether `path` is a whole safetensors file (its header is read: a cut-off file is not)."""
+    from opswap.run.trial import check_safetensors
+
+    try:
+        check_safetensors(path, "weights")
+    except (ValueError, OSError):
+        return False
+    return True
 
 
 def prepare_teacher(study: Study, results_dir: Path, *, trial_fn: TrialFn | None = None,
@@ -101,7 +112,7 @@ def prepare_teacher(study: Study, results_dir: Path, *, trial_fn: TrialFn | None
     record = load_record(out, trial.trial_id)
     ok = isinstance(record, dict) and record.get("status") == "ok"
     if ok:
-        record_path(out, trial.trial_id).unlink()  # weights lost: train it again
+        record_path(out, trial.trial_id).unlink()  # weights lost or damaged: train it again
     _say(f"teacher: training {trial.label} ({trial.trial_id})")
     run_trials([trial], study=f"{study.name}-teacher", out_dir=out, trial_fn=trial_fn, workers=1,
                devices=devices, retries=study.run.retries, stale_after=study.run.stale_after,
@@ -151,7 +162,8 @@ def _bank_key(study: Study, pairs: list[tuple[int, str]], teacher: str) -> str:
 
 def _bank_current(results_dir: Path, key: str) -> bool:
     path, key_file = results_dir / "bank.safetensors", results_dir / "bank.key"
-    return path.is_file() and key_file.is_file() and key_file.read_text().strip() == key
+    # A bank cut short (a full disk, a copy interrupted) is built again, not handed to the trials.
+    return key_file.is_file() and key_file.read_text().strip() == key and _intact(path)
 
 
 def stages_pending(study: Study, expansion: Expansion, results_dir: Path) -> list[str]:
