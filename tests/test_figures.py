@@ -29,7 +29,7 @@ def test_heatmap_writes_means_and_counts_in_the_cells(study):
     figure = figures.accuracy_heatmap(frame[frame.model == "wrn-16-1"])
     assert isinstance(figure, Figure)
     cells = texts(figure)
-    assert "93.0\n(3)" in cells and "95.0\n(3)" in cells and "96.5\n(1)" in cells
+    assert "93.00\n(3)" in cells and "95.00\n(3)" in cells and "96.50\n(1)" in cells  # as the tables print them
     assert figure.axes[0].get_title() == "3 epochs"
     assert figures.png_bytes(figure)[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -48,7 +48,7 @@ def test_cv_table_puts_predictors_beside_the_naive_baselines(blocks):
 def test_predicted_vs_measured_figure_and_worst_cells(blocks):
     names = [b.name for b in blocks if b.kind == "figure"]
     assert "predicted-vs-measured-3ep" in names and "predictors" in names
-    (wrong,) = [b.content for b in blocks if b.kind == "table" and "predicted worst" in b.caption]
+    (wrong,) = [b.content for b in blocks if b.kind == "table" and "erred most" in b.caption]
     assert len(wrong) == 5 and list(wrong.columns) == ["position", "op", "n seeds", "measured Δ", "predicted Δ", "error"]
 
 

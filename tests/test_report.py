@@ -120,7 +120,7 @@ def test_cli_writes_the_report_from_a_results_dir_or_a_study_file(tmp_path, caps
 
 
 @pytest.mark.parametrize("content, message", [
-    (None, "neither a study file"), ('name = "ghost"\n', "no results for study 'ghost'"),
+    (None, "no such file or folder; give a study file"), ('name = "ghost"\n', "no results for study 'ghost'"),
     ("model = 'x'\n", "name: missing"), ("name = [\n", "not valid TOML")])
 def test_cli_errors_say_what_is_wrong(tmp_path, capsys, content, message):
     path = tmp_path / "study.toml"

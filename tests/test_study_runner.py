@@ -261,9 +261,13 @@ def test_status_counts_and_time_left(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_real_trials_end_to_end(tmp_path):
+def test_real_trials_end_to_end(tmp_path, monkeypatch):
+    from opswap.study import stages
     from opswap.study.load import load_study
     from opswap.study.stages import run_study
+
+    said = []
+    monkeypatch.setattr(stages, "_say", said.append)
 
     path = tmp_path / "small.toml"
     path.write_text(SMALL)
@@ -278,4 +282,6 @@ def test_real_trials_end_to_end(tmp_path):
                for r in records)
     assert (root / "summary.csv").read_text().count("\n") == 3
     assert all((root / "logs" / f"{t.trial_id}.log").exists() for t in run.expansion.trials)
+    assert said[-1].startswith("small: 2 of 2 trials done (this run: 2 ok); records in")
     assert run_study(study, results_dir=tmp_path / "results", progress=False).summary.counts == {}
+    assert said[-1].startswith("small: 2 of 2 trials done (nothing left to run)")  # the study's count

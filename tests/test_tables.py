@@ -233,3 +233,16 @@ def test_scratch_and_teacher_baselines_are_separate_references(tmp_path):
     assert long.loc["baseline", "mean"] == pytest.approx(95.5) and long.loc["baseline · scratch", "mean"] == 80.5
     assert long.loc["mbconv_e6_k3", "delta"] == pytest.approx(-1.0)                 # vs the teacher baseline
     assert long.loc["mbconv_e6_k3 · scratch init", "delta"] == pytest.approx(-1.0)  # vs the scratch baseline
+
+
+def test_identical_values_on_both_sides_are_no_difference_and_different_constants_are(tmp_path):
+    """Zero spread on both sides: equal values give p = 1 (not a missing test), unequal ones p = 0."""
+    records = [make_record(test_acc=90.0, seed=s) for s in range(3)]
+    records += [make_record(test_acc=90.0, op="conv_bn_e1", position=2, seed=s) for s in range(3)]
+    records += [make_record(test_acc=91.0, op="mbconv", position=2, seed=s) for s in range(3)]
+    rows = tables.summary(load_results(write_records(tmp_path / "s", records)))
+    same = rows[rows["candidate"].str.startswith("conv_bn")].iloc[0]
+    other = rows[rows["candidate"].str.startswith("mbconv")].iloc[0]
+    assert same["p_value"] == 1.0 and same["delta"] == 0.0 and same["marks"] == ""
+    assert (same["ci_low"], same["ci_high"]) == (0.0, 0.0)
+    assert other["p_value"] == 0.0 and other["delta"] == 1.0 and other["marks"] == "***"

@@ -41,7 +41,7 @@ def accuracy_heatmap(frame: pd.DataFrame, metric: str = "test_acc") -> Figure:
     budgets = sorted(long["epochs"].dropna().unique())
     widest = long["candidate"].nunique()
     figure = Figure(figsize=(1.3 + (1.4 * widest + 1.5) * len(budgets),
-                             1.2 + 0.55 * long["row"].nunique()), layout="constrained")
+                             2.2 + 0.55 * long["row"].nunique()), layout="constrained")  # room for the labels
     axes = np.atleast_1d(figure.subplots(1, len(budgets), squeeze=False)[0])
     has_delta = long["delta"].notna().any()
     limit = max(float(np.nanmax(np.abs(long["delta"]))) if has_delta else 0.0, 1e-9)
@@ -50,7 +50,7 @@ def accuracy_heatmap(frame: pd.DataFrame, metric: str = "test_acc") -> Figure:
     for ax, epochs in zip(axes, budgets):
         part = long[long["epochs"] == epochs]
         value = part.pivot(index="row", columns="candidate", values="delta" if has_delta else "mean")
-        text = part.assign(t=[("—" if n == 0 else f"{m:.1f}\n({n})")
+        text = part.assign(t=[("—" if n == 0 else f"{m:.2f}\n({n})")  # as the tables print it
                               for m, n in zip(part["mean"], part["n"])])
         text = text.pivot(index="row", columns="candidate", values="t").reindex(index=rows, columns=columns)
         value = value.reindex(index=rows, columns=columns).astype(float)

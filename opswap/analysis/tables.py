@@ -133,6 +133,9 @@ def summary(frame: pd.DataFrame, metric: str = "test_acc", *,
                         warnings.simplefilter("ignore", RuntimeWarning)
                         test = stats.ttest_ind(values, reference, equal_var=False)
                     p = float(test.pvalue)
+                    if math.isnan(p) and np.ptp(values) == 0 and np.ptp(reference) == 0 \
+                            and values[0] == reference[0]:
+                        p = 1.0  # the same value in every seed on both sides: no difference (0/0 in t)
                     if not math.isnan(p):
                         low, high = test.confidence_interval(0.95)
                 samples_of[len(out)] = values

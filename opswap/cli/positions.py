@@ -9,7 +9,8 @@ from opswap.substitution import positions_table
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="model name, e.g. wrn-40-2, wrn-16-1 (any wrn-<6n+4>-<k>)")
+    parser.add_argument("model", help="model name, e.g. wrn-40-2, wrn-16-1 (any wrn-<6n+4>-<k>) or tf-cnn "
+                        "(no positions: nothing to substitute)")
     parser.add_argument("--num-classes", type=int, default=10, help="classifier outputs")
     parser.add_argument("--ops", default=None,
                         help="comma-separated candidates to show (default: the study's seven)")

@@ -26,7 +26,9 @@ def _context(path: Path, results: Path, overrides: list[str]) -> tuple[Path, Rep
         record_files(path)  # refuses a results root that holds studies rather than records
         return path, ReportContext(study=path.resolve().name)
     if not path.is_file():
-        raise FileNotFoundError(f"{str(path)!r} is neither a study file (.toml) nor a results directory")
+        what = "no such file or folder" if not path.exists() else "not a file or folder"
+        raise FileNotFoundError(f"{str(path)!r}: {what}; give a study file (.toml) or a study's results folder "
+                                "(results/<study>)")
     from opswap.study.load import load_study
     from opswap.study.schema import StudyError
 

@@ -39,6 +39,7 @@ def main(args: argparse.Namespace) -> int:
     from opswap.study.expand import expand_study
     from opswap.study.execute import trial_state
     from opswap.study.load import load_study
+    from opswap.study.schema import StudyError
     from opswap.study.stages import plan, run_study
 
     if args.workers is not None and args.workers < 1:
@@ -46,7 +47,10 @@ def main(args: argparse.Namespace) -> int:
     extra = [("run.backend", args.backend)] if args.backend else []
     extra += [("run.address", args.address)] if args.address else []
     extra += [("run.order", args.order)] if args.order else []
-    study = load_study(args.study, list(args.overrides) + extra)
+    try:
+        study = load_study(args.study, list(args.overrides) + extra)
+    except StudyError as err:
+        raise StudyError(str(err).replace(" in the study:", " in the study; nothing was run:", 1)) from None
     root = Path(args.results) / study.name
     if args.dry_run:
         expansion = expand_study(study, root)

@@ -221,7 +221,8 @@ def predictability_section(frame: pd.DataFrame, features: pd.DataFrame | None = 
                 "position": wrong["position"].astype(int), "op": wrong["op"], "n seeds": wrong["n"],
                 "measured Δ": wrong["delta"].map(_fmt), "predicted Δ": wrong["predicted"].map(_fmt),
                 "error": wrong["error"].map(lambda v: f"{v:+.2f}")}),
-                f"{title}: the cells {_label(cv, bests['position'])} predicted worst (leave-one-position-out)"))
+                f"{title}: the cells where the best predictor, {_label(cv, bests['position'])}, erred most "
+                "(leave-one-position-out)"))
         judged = _judgement(cv, ceiling)
         if judged:
             body.append(Block("text", judged))

@@ -387,7 +387,7 @@ class Problems:
     def raise_if_any(self) -> None:
         if self.items:
             n = len(self.items)
-            head = f"{n} problem{'s' if n > 1 else ''} in the study; nothing was run:"
+            head = f"{n} problem{'s' if n > 1 else ''} in the study:"
             raise StudyError("\n  ".join([head] + self.items))
 
 

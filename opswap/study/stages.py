@@ -287,8 +287,14 @@ def run_study(study: Study, *, results_dir: str | Path = "results", trial_fn: Tr
         err.explained = True  # the command line adds nothing
         raise
     csv = write_summary(study, expansion, root)
-    counts = ", ".join(f"{n} {k}" for k, n in sorted(summary.counts.items())) or "nothing to run"
-    _say(f"{study.name}: {counts}; records in {root}" + (f", summary {csv}" if csv else ""))
+    counts = ", ".join(f"{n} {k}" for k, n in sorted(summary.counts.items()))
+    states = [trial_state(root, t.trial_id, retries=run.retries, stale_after=run.stale_after)
+              for t in expansion.trials]  # the whole study, with what earlier runs finished
+    failed = states.count("failed")
+    _say(f"{study.name}: {states.count('done')} of {len(states)} trials done"
+         + (f", {failed} failed" if failed else "") + (f" (this run: {counts})" if counts else " (nothing left to run)")
+         + f"; records in {root}"
+         + (f", summary {csv}" if csv else ""))
     return StudyRun(study.name, str(root), expansion, summary, teacher, bank, csv, features)
 
 
