@@ -85,6 +85,9 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, *, val_fracti
         data = _folder(path)
     if val_fraction > 0:
         keep, held = _stratified(data.y_train, val_fraction, seed, keep_one=True)
+        if not len(held):
+            raise ValueError(f"val_fraction {val_fraction} holds out no image: every class of {name!r} has a "
+                             "single training image, which stays in training (use val_fraction 0)")
         data = replace(data, x_train=data.x_train[keep], y_train=data.y_train[keep],
                        x_val=data.x_train[held], y_val=data.y_train[held])
     if train_fraction < 1.0:

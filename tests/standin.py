@@ -7,6 +7,8 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
+
 from opswap.run import stop
 
 STEP = 0.05  # seconds per "optimiser step"
@@ -60,7 +62,9 @@ def sleepy_trial(spec, *, trial_id, study, weights_path, teacher=None, bank=None
             return record
         time.sleep(seconds / steps)
     if settings.get("save_weights"):
-        Path(weights_path).write_bytes(b"stand-in weights")
+        from safetensors.numpy import save_file  # a whole (tiny) safetensors file, as a real trial writes
+
+        save_file({"stand_in": np.zeros(1, np.float32)}, str(weights_path))
     event(out_dir, trial_id, "end", device, steps)
     record["timing"] = {"seconds": time.perf_counter() - t0}
     return record

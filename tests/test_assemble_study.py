@@ -81,11 +81,14 @@ def test_assembly_keys_are_read_and_budgets_canonical(tmp_path):
     assert all(op != "baseline" for _, op in pairs)
 
 
-def test_a_count_budget_out_of_reach_is_refused_at_load(tmp_path):
+def test_a_count_budget_out_of_reach_is_refused_before_any_work(tmp_path, capsys):
+    from opswap.cli import main as cli
     from opswap.study.schema import StudyError
 
+    budgets = 'budgets=["macs=0.6", "macs=0.01", "params=50%,latency=1us", "macs=5:6"]'
+    study = _study(tmp_path, overrides=[budgets])  # loading stays cheap: status and report need no costs
     with pytest.raises(StudyError) as err:
-        _study(tmp_path, overrides=['budgets=["macs=0.6", "macs=0.01", "params=50%,latency=1us", "macs=5:6"]'])
+        assembly.check_budgets(study)
     message = str(err.value)
     assert message.startswith("2 problems")
     assert "budgets[1]: no assignment meets macs <= 0.01 of the teacher: the cheapest reachable macs is" in message
@@ -93,7 +96,12 @@ def test_a_count_budget_out_of_reach_is_refused_at_load(tmp_path):
     assert "budgets[0]" not in message and "budgets[2]" not in message  # latency is measured with the plan
     # the cheapest network is reachable exactly
     cheapest = float(message.split("the cheapest reachable macs is ")[1].split("(")[1].split(" ")[0])
-    assert _study(tmp_path, overrides=[f'budgets=["macs={cheapest * 1.001:.6f}"]']).budgets
+    assembly.check_budgets(_study(tmp_path, overrides=[f'budgets=["macs={cheapest * 1.001:.6f}"]']))
+    results = tmp_path / "results"
+    for extra in (["--dry-run"], []):
+        assert cli(["run", str(tmp_path / "study.toml"), "--set", budgets, "--results", str(results), *extra]) == 2
+        assert "in the study; nothing was run:\n" in capsys.readouterr().err
+    assert not results.exists()  # no teacher was trained
 
 
 def test_expansion_before_and_after_the_plan_has_stable_distinct_ids(tmp_path):

@@ -384,3 +384,9 @@ def test_a_large_val_fraction_leaves_every_class_in_training():
     counts = torch.bincount(labels, minlength=10).tolist()
     assert torch.bincount(usual.y_val, minlength=10).tolist() == [max(1, round(0.1 * n)) if n > 1 else 0
                                                                   for n in counts]
+
+
+def test_a_val_fraction_that_would_hold_out_nothing_is_refused(tmp_path):
+    path = save_npz(tmp_path / "d.npz", y_train=np.array([0, 1, 2, 3]), y_test=np.array([0, 1]))
+    with pytest.raises(ValueError, match="val_fraction 0.2 holds out no image: every class of 'npz' has a single"):
+        load_dataset("npz", path, val_fraction=0.2)

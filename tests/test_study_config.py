@@ -184,3 +184,19 @@ def test_methods_check_their_own_data(tmp_path):
     study = load_study(path)
     by_method = {t.spec.method: t.spec.num_classes for t in expand_study(study).trials}
     assert by_method == {"hog": 3, "syn": 10, "cnn": 3}
+
+
+def test_a_one_class_dataset_and_a_method_path_that_does_not_exist_are_refused(tmp_path, capsys):
+    one = _npz(tmp_path / "one.npz", classes=1)
+    path = tmp_path / "s.toml"
+    path.write_text(f'name = "s"\nmodel = "wrn-10-1"\ndataset = "npz"\ndata = "{one}"\npositions = [1]\n'
+                    'candidates = ["conv_bn"]\n')
+    with pytest.raises(StudyError, match="data: dataset 'npz' has 1 class; a classifier needs at least 2"):
+        load_study(path)
+    assert cli(["train", "--model", "tf-cnn", "--dataset", "npz", "--data", str(one), "--out",
+                str(tmp_path / "out")]) == 2
+    assert "has 1 class; a classifier needs at least 2" in capsys.readouterr().err
+    path.write_text('name = "m"\ndataset = "synthetic"\n[[methods]]\nname = "a"\nmodel = "tf-cnn"\n'
+                    f'data = "{tmp_path / "absent.npz"}"\n')
+    with pytest.raises(StudyError, match=r"methods\[0\]\.data: dataset root .*absent\.npz' does not exist"):
+        load_study(path)

@@ -27,6 +27,8 @@ def check_data(dataset: str, data: str | None, num_classes: int | None = None, *
     from opswap.models import check_image_size
 
     info = check_dataset(dataset, data)
+    if info.num_classes < 2:
+        raise ValueError(f"dataset {dataset!r} has {info.num_classes} class; a classifier needs at least 2")
     if neural:
         check_image_size(info.image_size, f"--data {data}" if data else f"dataset {dataset!r}")
     if num_classes is not None and num_classes != info.num_classes:

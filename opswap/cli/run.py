@@ -38,6 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from opswap.study.expand import expand_study
     from opswap.study.execute import trial_state
+    from opswap.study.assembly import check_budgets
     from opswap.study.load import load_study
     from opswap.study.schema import StudyError
     from opswap.study.stages import plan, run_study
@@ -52,6 +53,11 @@ def main(args: argparse.Namespace) -> int:
     except StudyError as err:
         raise StudyError(str(err).replace(" in the study:", " in the study; nothing was run:", 1)) from None
     root = Path(args.results) / study.name
+    if study.kind == "assemble":  # budgets out of reach (run_study checks again, from a cache)
+        try:
+            check_budgets(study)
+        except StudyError as err:
+            raise StudyError(str(err).replace(" in the study:", " in the study; nothing was run:", 1)) from None
     if args.dry_run:
         expansion = expand_study(study, root)
         print(plan(study, expansion, root, study.run.retries))

@@ -28,7 +28,7 @@ from typing import Any
 from opswap.atomic import write_json
 from opswap.study.schema import Problems, Study, _closest
 
-__all__ = ["PLAN_FILE", "BASELINES", "budget_text", "assembly_settings", "bank_pairs", "unreachable_budgets", "load_plan",
+__all__ = ["PLAN_FILE", "BASELINES", "budget_text", "assembly_settings", "bank_pairs", "unreachable_budgets", "check_budgets", "load_plan",
            "assembly_trials", "prepare_plan", "plan_trial_fn", "pick_key"]
 
 log = logging.getLogger("opswap")
@@ -179,31 +179,51 @@ def unreachable_budgets(study: Study) -> list[tuple[int, str]]:
     """(index, reason) of each budget whose parameter or MAC bound no assignment of the study meets.
 
     Counted on the untrained model (params and MACs do not depend on weights), so a budget out of
-    reach is refused when the study is loaded, not after teacher and bank; latency bounds are
-    measured with the plan. Pairs the plan later leaves out (a diverged bank entry) only narrow
-    the range, so nothing refused here could have been met.
+    reach is refused before teacher and bank, not after; latency bounds are measured with the plan.
+    Pairs the plan later leaves out (a diverged bank entry) only narrow the range, so nothing
+    refused here could have been met.
     """
+    if study.kind != "assemble" or not study.positions:
+        return []
+    return list(_unreachable(study.model, study.num_classes, tuple(study.positions), tuple(bank_pairs(study)),
+                             tuple(study.budgets)))
+
+
+@functools.lru_cache(maxsize=4)
+def _unreachable(model_name: str, num_classes: int, positions: tuple[int, ...], pairs: tuple[tuple[int, str], ...],
+                 budgets: tuple[str, ...]) -> tuple[tuple[int, str], ...]:
     from opswap.assemble.budget import BudgetError, parse_budgets
     from opswap.assemble.costs import COUNT_METRICS, measure_costs
     from opswap.assemble.problem import build_problem
     from opswap.run.spec import model_positions
 
-    counted = []
-    for i, text in enumerate(study.budgets):
-        bounds = [b for b in parse_budgets(text) if b.metric in COUNT_METRICS]
-        if bounds:
-            counted.append((i, bounds))
-    if not counted or not study.positions:
-        return []
-    model, _ = model_positions(study.model, study.num_classes)
-    costs = measure_costs(model, bank_pairs(study) or [(p, "baseline") for p in study.positions], batch_sizes=())
+    counted = [(i, bounds) for i, text in enumerate(budgets)
+               if (bounds := [b for b in parse_budgets(text) if b.metric in COUNT_METRICS])]
+    if not counted:
+        return ()
+    model, _ = model_positions(model_name, num_classes)
+    costs = measure_costs(model, list(pairs) or [(p, "baseline") for p in positions], batch_sizes=())
     out = []
     for i, bounds in counted:
         try:
-            build_problem(costs, bounds, positions=study.positions).check_reachable()
+            build_problem(costs, bounds, positions=positions).check_reachable()
         except BudgetError as err:
             out.append((i, str(err)))
-    return out
+    return tuple(out)
+
+
+def check_budgets(study: Study) -> None:
+    """Raise StudyError naming each budget of an assemble study that no assignment meets (see
+    `unreachable_budgets`); run before any work by `run_study`, `opswap run --dry-run` and the SLURM
+    submission, not by every load (status and report need not count costs)."""
+    from opswap.study.schema import Problems
+
+    if study.kind != "assemble":
+        return
+    problems = Problems(study.path)
+    for i, reason in unreachable_budgets(study):
+        problems.add(f"budgets[{i}]", reason)
+    problems.raise_if_any()
 
 
 # -- the plan ----------------------------------------------------------------------------------

@@ -41,7 +41,13 @@ def _dataset_info(problems: Problems, key: str, dataset: str, data: str | None):
 def _num_classes(problems: Problems, key: str, given: int | None, dataset: str, info) -> int:
     """`given`, or the dataset's class count when it is left out; a count the data contradicts is refused."""
     if given is None:
-        return info.num_classes if info is not None else _NUM_CLASSES.get(dataset, 10)
+        if info is None:
+            return _NUM_CLASSES.get(dataset, 10)
+        if info.num_classes < 2:
+            problems.add(key.replace("num_classes", "data"),
+                         f"dataset {dataset!r} has {info.num_classes} class; a classifier needs at least 2")
+            return 2  # checked no further
+        return info.num_classes
     if given < 2:
         problems.add(key, f"{given} is not allowed; a classifier needs at least 2 classes")
     elif info is not None and given != info.num_classes:
@@ -93,12 +99,6 @@ def validate(raw: dict, source: str) -> Study:
         problems.settled |= refused
     study = _resolve(parsed, problems, source)
     problems.raise_if_any()
-    if study.kind == "assemble":  # a parameter or MAC budget out of reach, before any training
-        from opswap.study.assembly import unreachable_budgets
-
-        for i, reason in unreachable_budgets(study):
-            problems.add(f"budgets[{i}]", reason)
-        problems.raise_if_any()
     return study
 
 
@@ -298,6 +298,10 @@ def _method_data(problems: Problems, where: str, settings: dict, f: StudyFile, i
                                              f"Allowed: {', '.join(DATASETS)}")
             return
         data = settings.get("data", f.data)  # as the trials get it
+        if "data" in settings:
+            _path(problems, f"{where}.data", data, "dataset root", parent_ok=dataset in ("cifar10", "cifar100"))
+            if problems.has(f"{where}.data"):
+                return
         if dataset in ("npz", "folder") and data is None:
             problems.add(f"{where}.data", f"dataset {dataset!r} needs its root: data = \"path/to/...\"")
             return

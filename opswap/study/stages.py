@@ -19,7 +19,7 @@ from typing import Any
 
 from opswap.atomic import atomic_path, write_text
 from opswap.run.record import load_record, record_path
-from opswap.study.assembly import bank_pairs, load_plan, plan_trial_fn, prepare_plan
+from opswap.study.assembly import bank_pairs, check_budgets, load_plan, plan_trial_fn, prepare_plan
 from opswap.study.claims import build_once
 from opswap.study.execute import RunSummary, TrialFn, resolve_devices, run_trials, trial_state
 from opswap.study.schema import Study
@@ -266,6 +266,7 @@ def run_study(study: Study, *, results_dir: str | Path = "results", trial_fn: Tr
     if run.backend == "slurm":
         raise ValueError("backend slurm submits a job array of workers; use opswap.study.slurm.submit_study "
                          "(`opswap run --backend slurm`), or run this study with backend loky or dask")
+    check_budgets(study)  # an assemble budget out of reach, before the teacher is trained
     root = Path(results_dir) / study.name
     expansion = expand_study(study, root)
     _say(plan(study, expansion, root, run.retries))
