@@ -13,6 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import torch
 import cloudpickle
 
 from opswap.atomic import write_json as write_json_atomic
@@ -285,3 +286,16 @@ def test_real_trials_end_to_end(tmp_path, monkeypatch):
     assert said[-1].startswith("small: 2 of 2 trials done (this run: 2 ok); records in")
     assert run_study(study, results_dir=tmp_path / "results", progress=False).summary.counts == {}
     assert said[-1].startswith("small: 2 of 2 trials done (nothing left to run)")  # the study's count
+
+
+def test_devices_this_machine_lacks_stop_a_local_run_before_anything_runs(tmp_path):
+    from opswap.study.load import load_study
+    from opswap.study.stages import run_study
+
+    path = tmp_path / "small.toml"
+    path.write_text(SMALL)
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    study = load_study(path, [f'run.devices=["cpu", "cuda:{count}"]'])  # loads: a login node may lack them
+    with pytest.raises(ValueError, match=rf"run.devices: device 'cuda:{count}': this machine has .*nothing was run"):
+        run_study(study, results_dir=tmp_path / "results", trial_fn=fake_trial, progress=False)
+    assert not (tmp_path / "results").exists()

@@ -267,6 +267,8 @@ def run_study(study: Study, *, results_dir: str | Path = "results", trial_fn: Tr
         raise ValueError("backend slurm submits a job array of workers; use opswap.study.slurm.submit_study "
                          "(`opswap run --backend slurm`), or run this study with backend loky or dask")
     check_budgets(study)  # an assemble budget out of reach, before the teacher is trained
+    if run.backend == "loky" or (run.backend == "dask" and not run.address):  # the trials run here
+        _check_local_devices(run.devices)
     root = Path(results_dir) / study.name
     expansion = expand_study(study, root)
     _say(plan(study, expansion, root, run.retries))
@@ -297,6 +299,20 @@ def run_study(study: Study, *, results_dir: str | Path = "results", trial_fn: Tr
          + f"; records in {root}"
          + (f", summary {csv}" if csv else ""))
     return StudyRun(study.name, str(root), expansion, summary, teacher, bank, csv, features)
+
+
+def _check_local_devices(devices) -> None:
+    """Refuse devices this machine lacks before anything runs (every trial would fail on them).
+
+    A study is checked at load without this: it may be loaded on a login node without the GPUs
+    its SLURM jobs or dask workers get."""
+    from opswap.training import resolve_device
+
+    for device in resolve_devices(devices):
+        try:
+            resolve_device(device)
+        except ValueError as err:
+            raise ValueError(f"run.devices: {err}; nothing was run") from None
 
 
 def _slurm_processes(study: Study) -> int:
