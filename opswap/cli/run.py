@@ -50,14 +50,10 @@ def main(args: argparse.Namespace) -> int:
     extra += [("run.order", args.order)] if args.order else []
     try:
         study = load_study(args.study, list(args.overrides) + extra)
+        check_budgets(study)  # an assemble budget out of reach (run_study checks again, from a cache)
     except StudyError as err:
         raise StudyError(str(err).replace(" in the study:", " in the study; nothing was run:", 1)) from None
     root = Path(args.results) / study.name
-    if study.kind == "assemble":  # budgets out of reach (run_study checks again, from a cache)
-        try:
-            check_budgets(study)
-        except StudyError as err:
-            raise StudyError(str(err).replace(" in the study:", " in the study; nothing was run:", 1)) from None
     if args.dry_run:
         expansion = expand_study(study, root)
         print(plan(study, expansion, root, study.run.retries))
