@@ -120,6 +120,14 @@ def _walltimes(record: dict) -> tuple[float, list[float], float]:
     return start, times, end
 
 
+def _file_store(tracking_uri: str) -> Path | None:
+    """The folder of a local file-store tracking URI (`file:` or a path); None for anything else."""
+    from mlflow.utils.file_utils import local_file_uri_to_path
+    from mlflow.utils.uri import is_local_uri
+
+    return Path(local_file_uri_to_path(tracking_uri)) if is_local_uri(tracking_uri) else None
+
+
 def _trial_id(record: dict) -> str:
     if not record.get("trial_id"):
         raise ValueError("a trial record needs 'trial_id' to be tracked; see docs/records.md")
@@ -137,13 +145,26 @@ class MlflowSink:
         self._exceptions = _require("mlflow.exceptions", "mlflow")
         if tracking_uri is None:
             tracking_uri = (Path(root) / "mlruns").resolve().as_uri()
-        if tracking_uri.startswith("file:") or "://" not in tracking_uri:
+        if _file_store(tracking_uri) is not None:
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         self.tracking_uri, self.study = tracking_uri, study
         self.client = mlflow_client.MlflowClient(tracking_uri)
         self.experiment_id = self._experiment(study)
 
     def _experiment(self, name: str) -> str:
+        """The id of experiment `name`, made if missing. Runners that start together on one file
+        store each found it missing and made one, which left two experiments of one name (and a
+        later lookup saw only one's runs), so a file store finds or makes it under a file lock."""
+        store = _file_store(self.tracking_uri)
+        if store is None:
+            return self._find_or_create(name)
+        import filelock
+
+        store.mkdir(parents=True, exist_ok=True)
+        with filelock.FileLock(store / ".opswap-experiments.lock"):
+            return self._find_or_create(name)
+
+    def _find_or_create(self, name: str) -> str:
         for _ in range(3):
             found = self.client.get_experiment_by_name(name)
             if found is not None:

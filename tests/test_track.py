@@ -108,6 +108,33 @@ def test_mlflow_logging_again_does_not_duplicate(mlflow_client, tmp_path):
     assert [m.step for m in client.get_metric_history(replaced, "test/acc")] == [1, 2, 3, 4]
 
 
+def _open_sink(args) -> str:
+    """In a fresh process: wait for the others, then open the study's sink on the shared store."""
+    uri, barrier = args
+    barrier.wait()
+    return track.make_sink("mlflow", root=".", study="together", tracking_uri=uri).experiment_id
+
+
+def test_mlflow_runners_starting_together_share_one_experiment(tmp_path, monkeypatch):
+    """Array tasks that start at the same moment on a new file store used to make one experiment
+    each (a later lookup then saw one task's runs only). Three rounds, each on a fresh store."""
+    import multiprocessing
+
+    tracking = pytest.importorskip("mlflow.tracking")
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    workers = 6
+    context = multiprocessing.get_context("spawn")
+    with context.Manager() as manager, context.Pool(workers) as pool:
+        barrier = manager.Barrier(workers)
+        for round in range(3):
+            uri = (tmp_path / f"mlruns-{round}").resolve().as_uri()
+            ids = pool.map(_open_sink, [(uri, barrier)] * workers, chunksize=1)
+            assert len(set(ids)) == 1, (round, ids)
+            client = tracking.MlflowClient(uri)
+            named = [e for e in client.search_experiments() if e.name == "together"]
+            assert [e.experiment_id for e in named] == ids[:1], round
+
+
 def test_export_records_mirrors_finished_ones(tmp_path):
     tracking = pytest.importorskip("mlflow.tracking")
     running = {**record("aaaaaaaaaaaa"), "status": "preempted"}
