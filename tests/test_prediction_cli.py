@@ -121,6 +121,13 @@ def test_predict_refuses_a_methods_study(tmp_path, capsys):
     assert "predicts the cells of a substitution study" in capsys.readouterr().err
 
 
+def test_predict_names_a_missing_results_folder(half, tmp_path, capsys):
+    path, _, _ = half
+    assert main(["predict", str(path), "--results", str(tmp_path / "elsewhere")]) == 2
+    err = capsys.readouterr().err
+    assert "no results for study 'half'" in err and "elsewhere" in err and "opswap run" in err
+
+
 def test_predict_all_gives_finished_cells_too_each_predicted_from_the_others(half, capsys):
     path, results, _ = half
     only_two = ["--set", "seeds=[0, 1]"]  # seeds 0 and 1 are done: only the cell never run is pending

@@ -54,6 +54,10 @@ def main(args: argparse.Namespace) -> int:
     results = Path(args.results)
     if results.exists() and not results.is_dir():
         raise ValueError(f"--results {str(results)!r} is a file, not a results folder")
+    if not (results / study.name).is_dir():
+        raise FileNotFoundError(f"no results for study {study.name!r}: {str(results / study.name)!r} does not "
+                                f"exist, so there is nothing to predict from (run `opswap run {args.study}` "
+                                "first, or pass --results DIR)")
     result = predict_study(study, results, level=args.level, all_cells=args.all_cells)
     rows = rows_of(result.forecast.table.sort_values(["epochs", "predicted"], ascending=[True, False]))
     if args.format == "table":
