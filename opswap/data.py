@@ -101,6 +101,7 @@ class DatasetInfo(NamedTuple):
 
     num_classes: int
     image_size: tuple[int, int]  # (height, width) of the images a model is given
+    largest_class: int | None = None  # training images of the largest class (None: not known cheaply)
 
 
 def check_dataset(name: str, root: str | os.PathLike | None = None, *, download: bool = True) -> DatasetInfo:
@@ -110,7 +111,8 @@ def check_dataset(name: str, root: str | os.PathLike | None = None, *, download:
     folder: lists train/ and test/. CIFAR: checks that the batch files are present, or that they
     may be downloaded; their contents are checked (restricted unpickler) by `load_dataset`.
     Raises ValueError or FileNotFoundError with a message for people; returns the class count and
-    image size `load_dataset` will give (synthetic: those of its defaults).
+    image size `load_dataset` will give (synthetic: those of its defaults) and, for npz and folder,
+    the size of the largest training class.
     """
     path = _dataset_path(name, root)
     if name in ("cifar10", "cifar100"):
@@ -118,10 +120,12 @@ def check_dataset(name: str, root: str | os.PathLike | None = None, *, download:
         return DatasetInfo(10 if name == "cifar10" else 100, (32, 32))
     if name == "npz":
         arrays = _npz_checked(path, images=False)
-        _, classes = _checked(str(path), *(arrays[k] for k in _NPZ_KEYS), arrays.get("classes"))
-        return DatasetInfo(len(classes), tuple(int(d) for d in arrays["x_train"].shape[1:3]))
+        (y_train, _), classes = _checked(str(path), *(arrays[k] for k in _NPZ_KEYS), arrays.get("classes"))
+        return DatasetInfo(len(classes), tuple(int(d) for d in arrays["x_train"].shape[1:3]),
+                           int(np.bincount(y_train).max()))
     if name == "folder":
-        return DatasetInfo(len(_image_folders(path)[0].classes), (32, 32))  # resized on load
+        train = _image_folders(path)[0]
+        return DatasetInfo(len(train.classes), (32, 32), int(np.bincount(train.targets).max()))  # resized on load
     return DatasetInfo(10, (32, 32))  # synthetic
 
 

@@ -295,6 +295,20 @@ def test_folder_resizes_to_32(tmp_path):
     assert data.classes == ("cat", "dog") and data.y_train.tolist() == [0, 0, 0, 1, 1, 1]
 
 
+def test_check_dataset_knows_the_largest_training_class(tmp_path):
+    from PIL import Image
+
+    path = save_npz(tmp_path / "d.npz", y_train=np.array([0, 1, 1, 2]), y_test=np.array([0, 1]))
+    assert check_dataset("npz", path).largest_class == 2
+    for split, n in (("train", {"cat": 1, "dog": 3}), ("test", {"cat": 1, "dog": 1})):
+        for cls, k in n.items():
+            (tmp_path / "f" / split / cls).mkdir(parents=True)
+            for i in range(k):
+                Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "f" / split / cls / f"{i}.png")
+    assert check_dataset("folder", tmp_path / "f").largest_class == 3
+    assert check_dataset("synthetic").largest_class is None  # not known without making it
+
+
 def test_validation_split_is_stratified_disjoint_and_seeded(tmp_path, small):
     xtr, ytr, xte, yte = arrays(small)
     np.savez(tmp_path / "d.npz", x_train=xtr, y_train=ytr, x_test=xte, y_test=yte)
@@ -371,8 +385,8 @@ def test_check_dataset_gives_the_class_count_and_image_size_without_reading_imag
     assert info.num_classes == 3 and info.image_size == (5, 7)
     named = check_dataset("npz", save_npz(tmp_path / "c.npz", classes=np.array(list("abcdef"))))
     assert named.num_classes == 6  # the classes array, not the largest label, sets the count
-    assert check_dataset("synthetic") == (10, (32, 32))
-    assert check_dataset("cifar100", tmp_path / "absent") == (100, (32, 32))  # may be downloaded
+    assert check_dataset("synthetic")[:2] == (10, (32, 32))
+    assert check_dataset("cifar100", tmp_path / "absent")[:2] == (100, (32, 32))  # may be downloaded
 
 
 def test_a_large_val_fraction_leaves_every_class_in_training():

@@ -168,6 +168,19 @@ def test_opswap_train_command(tmp_path, npz, capsys):
     assert main(["train", "--model", "tf-cnn", "--dataset", "npz", "--out", str(tmp_path)]) == 2
 
 
+def test_opswap_train_refuses_a_val_split_that_holds_out_nothing_before_running(tmp_path, capsys):
+    from opswap.cli import main
+
+    x = np.random.default_rng(0).integers(0, 255, (3, 32, 32, 3), dtype=np.uint8)
+    np.savez(tmp_path / "one.npz", x_train=x, y_train=np.arange(3), x_test=x, y_test=np.arange(3))
+    out = tmp_path / "out"
+    args = ["train", "--model", "tf-cnn", "--dataset", "npz", "--data", str(tmp_path / "one.npz"),
+            "--epochs", "1", "--out", str(out), "--no-progress"]
+    assert main([*args, "--val-fraction", "0.5"]) == 2
+    assert "--val-fraction 0.5 holds out no image: every class of dataset 'npz' has a single" in capsys.readouterr().err
+    assert not out.exists()  # refused up front: no failed record
+
+
 def test_same_settings_give_the_same_record_from_scratch(npz):
     """Fresh weights follow the trial's seed, so a rerun reproduces the history exactly."""
     settings = quick(npz, model="wrn-10-1", position=1, op="mbconv")

@@ -20,15 +20,19 @@ def check_writable_dir(path: str | os.PathLike, what: str, flag: str) -> None:
 
 
 def check_data(dataset: str, data: str | None, num_classes: int | None = None, *, neural: bool = True,
-               flag: str = "--num-classes") -> int:
+               flag: str = "--num-classes", val_fraction: float = 0.0) -> int:
     """The class count of `dataset` (or `num_classes`, which must match it), refusing, before any work,
-    a dataset that cannot be read or whose images the models cannot take."""
+    a dataset that cannot be read, whose images the models cannot take, or from which a validation
+    share `val_fraction` > 0 would hold out nothing (every class a single training image)."""
     from opswap.data import check_dataset
     from opswap.models import check_image_size
 
     info = check_dataset(dataset, data)
     if info.num_classes < 2:
         raise ValueError(f"dataset {dataset!r} has {info.num_classes} class; a classifier needs at least 2")
+    if val_fraction > 0 and info.largest_class == 1:
+        raise ValueError(f"--val-fraction {val_fraction} holds out no image: every class of dataset {dataset!r} "
+                         "has a single training image, which stays in training (leave --val-fraction out)")
     if neural:
         check_image_size(info.image_size, f"--data {data}" if data else f"dataset {dataset!r}")
     if num_classes is not None and num_classes != info.num_classes:

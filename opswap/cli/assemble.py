@@ -91,7 +91,7 @@ def main(args: argparse.Namespace) -> int:
     if args.costs:
         _check_costs_file(Path(args.costs))
     check_safetensors(args.teacher, "--teacher")
-    check_data(args.dataset, args.data)
+    check_data(args.dataset, args.data, val_fraction=args.val_fraction)
     bank = WeightBank.load(args.bank)
     data = load_dataset(args.dataset, args.data, val_fraction=args.val_fraction)
     teacher = load_teacher(args.teacher, args.model, data.num_classes)

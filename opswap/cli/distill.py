@@ -68,7 +68,7 @@ def main(args: argparse.Namespace) -> int:
         raise ValueError(f"--out {out} is a directory; give the weight bank's file name, e.g. {out / 'bank.safetensors'}")
     if out.exists() and not args.resume:
         raise ValueError(f"{out} exists; pass --resume to add the missing pairs to it, or choose another --out")
-    check_data(args.dataset, args.data)
+    check_data(args.dataset, args.data, val_fraction=args.val_fraction)
     positions = "all" if args.positions.strip() == "all" else _csv(args.positions, int)
     ops = "all" if args.ops.strip() == "all" else _csv(args.ops)
     data = load_dataset(args.dataset, args.data, val_fraction=args.val_fraction, seed=args.seed)

@@ -113,7 +113,8 @@ def main(args: argparse.Namespace) -> int:
     from opswap.run.trial import run_trial
 
     # the dataset is checked first: its class count is part of the spec (and the trial id)
-    spec = spec_from_args(args, check_data(args.dataset, args.data, args.num_classes))
+    spec = spec_from_args(args, check_data(args.dataset, args.data, args.num_classes,
+                                            val_fraction=args.val_fraction))
     check_request(args, spec)
     out = Path(args.out)
     trial_id = spec.trial_id
