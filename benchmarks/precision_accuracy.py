@@ -7,6 +7,7 @@ cifar10-mini: the dynamic-pruning study's Keras CNN (tf-cnn, Adam 1e-3, batch 32
 line per run goes to --out, so an interrupted comparison resumes.
 
     python benchmarks/precision_accuracy.py --data ../shared/data/cifar10-mini.npz --threads 1
+    python benchmarks/precision_accuracy.py --data cifar10-mini.npz --device cuda --seeds 0,1,2,3,4
 """
 from __future__ import annotations
 
@@ -29,12 +30,15 @@ RECIPES = {
 }
 
 
-def one_run(model_name: str, data, seed: int, precision: str) -> dict:
+def one_run(model_name: str, data, seed: int, precision: str, device: str = "cpu", compile_: bool | None = None,
+            epochs: int | None = None) -> dict:
     torch.manual_seed(seed)
     model = opswap.build_model(model_name, num_classes=data.num_classes)
-    result = train(model, data, TrainConfig(seed=seed, precision=precision, **RECIPES[model_name]), device="cpu")
+    recipe = dict(RECIPES[model_name], **({"epochs": epochs} if epochs else {}))
+    config = TrainConfig(seed=seed, precision=precision, compile=compile_, **recipe)
+    result = train(model, data, config, device=device)
     h = result.history
-    return {"model": model_name, "seed": seed, "precision": result.precision, "status": result.status,
+    return {"model": model_name, "seed": seed, "device": device, "epochs": recipe["epochs"], "precision": result.precision, "status": result.status,
             "test_acc": result.metrics["test_acc"], "test_loss": result.metrics["test_loss"],
             "train_loss": result.metrics["train_loss"],
             "images_per_s": statistics.median(r["images_per_s"] for r in h)}
@@ -55,7 +59,8 @@ def summarise(rows: list[dict]) -> list[str]:
             continue
         p_value = ttest_ind(acc["bf16"], acc["fp32"], equal_var=False).pvalue
         fmt = lambda v: f"{statistics.mean(v):.2f} ± {statistics.stdev(v):.2f}"  # noqa: E731
-        what = ", ".join(f"{k}={v}" for k, v in recipe.items())
+        epochs = sorted({r.get("epochs", recipe["epochs"]) for r in rows if r["model"] == model_name})
+        what = ", ".join(f"{k}={v}" for k, v in dict(recipe, epochs="/".join(map(str, epochs))).items())
         lines.append(f"| {model_name} | {what} | {len(acc['fp32'])} + {len(acc['bf16'])} | {fmt(acc['fp32'])} | "
                      f"{fmt(acc['bf16'])} | {statistics.mean(acc['bf16']) - statistics.mean(acc['fp32']):+.2f} | "
                      f"{p_value:.2f} | {speed['bf16'] / speed['fp32']:.2f}× |")
@@ -68,19 +73,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", default=",".join(RECIPES))
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu", help="cpu or cuda: the device both precisions train on")
+    p.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
+                   help="torch.compile (auto: the engine's choice, on for CUDA only)")
+    p.add_argument("--epochs", type=int, help="epochs of every run (default: each recipe's)")
     p.add_argument("--out", default="precision_accuracy.jsonl")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    compile_ = {"auto": None, "on": True, "off": False}[args.compile]
     data = opswap.load_dataset("npz", args.data)
     out = Path(args.out)
     rows = [json.loads(line) for line in out.read_text().splitlines()] if out.is_file() else []
+    rows = [r for r in rows if r.get("device", "cpu") == args.device  # one device's comparison, one length
+            and r.get("epochs", RECIPES[r["model"]]["epochs"]) == (args.epochs or RECIPES[r["model"]]["epochs"])]
     done = {(r["model"], r["seed"], r["precision"]) for r in rows}
     for model_name in args.models.split(","):
         for seed in [int(s) for s in args.seeds.split(",")]:
             for precision in ("fp32", "bf16"):  # interleaved: load changes hit both alike
                 if (model_name, seed, precision) in done:
                     continue
-                row = one_run(model_name, data, seed, precision)
+                row = one_run(model_name, data, seed, precision, args.device, compile_, args.epochs)
                 print(json.dumps(row), flush=True)
                 with out.open("a") as f:
                     f.write(json.dumps(row) + "\n")

@@ -8,8 +8,14 @@ its own empty results directory, interleaved over the repeats. The time includes
 study does: process start-up, the teacher, the weight bank, every trial and its record (no
 report).
 
+With `--trials-per-device 1,2,4,8` it is run once per count with `[run] trials_per_device` set to
+it and `workers = "auto"` (one worker per slot), on `--devices` (default: the study's `auto`), and
+prints trials per hour against the first count: what packing small trials onto one GPU gains. An
+untimed warm-up run comes first, so the file and compile caches are warm for every timed run.
+
     python benchmarks/study_throughput.py --repeats 3
     python benchmarks/study_throughput.py --model wrn-16-2 --epochs 2     # heavier trials
+    python benchmarks/study_throughput.py --precisions auto --devices cuda --trials-per-device 1,2,4,8
 """
 from __future__ import annotations
 
@@ -42,12 +48,17 @@ def small_study(args: argparse.Namespace) -> str:
     return text
 
 
-def run_once(study: Path, precision: str, threads: int | None) -> float:
-    """Seconds of `opswap run` on `study` into a fresh results directory."""
+def run_once(study: Path, precision: str, threads: int | None, per_device: int | None = None,
+             devices: str | None = None) -> tuple[float, int]:
+    """Seconds of `opswap run` on `study` into a fresh results directory, and the trials it ran."""
     with tempfile.TemporaryDirectory() as results:
         cmd = [sys.executable, "-m", "opswap", "run", str(study), "--results", results, "--no-report",
                "--no-progress", "--set", f"train.precision={precision}", "--set", f"distill.precision={precision}"]
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        if per_device is not None:
+            cmd += ["--set", f"run.trials_per_device={per_device}", "--set", 'run.workers="auto"']
+        if devices:
+            cmd += ["--set", f"run.devices={devices}"]
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
         if threads:
             env["OMP_NUM_THREADS"] = str(threads)
         t0 = time.perf_counter()
@@ -56,7 +67,10 @@ def run_once(study: Path, precision: str, threads: int | None) -> float:
         if done.returncode:
             raise SystemExit(f"opswap run failed with precision={precision}:\n{done.stdout[-2000:]}\n"
                              f"{done.stderr[-4000:]}")
-        return seconds
+        said = re.findall(r"(\d+) of (\d+) trials done", done.stdout + done.stderr)
+        if not said or said[-1][0] != said[-1][1]:
+            raise SystemExit(f"opswap run did not finish every trial (precision={precision}):\n{done.stdout[-2000:]}")
+        return seconds, int(said[-1][1])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,7 +87,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, help="OMP_NUM_THREADS of the study processes")
     p.add_argument("--precisions", default="fp32,bf16", help="e.g. fp32,auto,bf16; the first is the reference")
     p.add_argument("--repeats", type=int, default=1, help="interleaved repeats; medians are printed")
+    p.add_argument("--trials-per-device", help="e.g. 1,2,4,8: one run per count ([run] trials_per_device, "
+                   "workers auto); compared in trials per hour")
+    p.add_argument("--devices", help='[run] devices as TOML, e.g. cuda or \'["cuda:0"]\' (default: the study\'s)')
     args = p.parse_args(argv)
+    if args.trials_per_device:
+        return packing(args)
     precisions = args.precisions.split(",")
     with tempfile.TemporaryDirectory() as tmp:
         study = Path(tmp) / "study-throughput.toml"
@@ -82,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         times: dict[str, list[float]] = {pr: [] for pr in precisions}
         for _ in range(args.repeats):
             for precision in precisions:  # interleaved: a change in machine load hits both
-                times[precision].append(run_once(study, precision, args.threads))
+                times[precision].append(run_once(study, precision, args.threads)[0])
                 print(f"  {precision}: {times[precision][-1]:.1f} s", flush=True)
     print(f"study: {args.model}, positions [{args.positions}] x [{args.candidates}], seeds [{args.seeds}], "
           f"data fraction {args.data_fraction}, {args.epochs} epoch(s) per "
@@ -93,6 +112,36 @@ def main(argv: list[str] | None = None) -> int:
         t = statistics.median(times[precision])
         print(f"  precision {precision:<5}: {t:7.1f} s  ({base / t:4.2f}x vs {precisions[0]})  "
               f"runs {[round(v, 1) for v in times[precision]]}")
+    return 0
+
+
+def packing(args: argparse.Namespace) -> int:
+    """Trials per hour of the study with each `--trials-per-device` count, in the first precision."""
+    counts = [int(c) for c in args.trials_per_device.split(",")]
+    if min(counts) < 1:
+        raise SystemExit("--trials-per-device: counts are at least 1")
+    precision = args.precisions.split(",")[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        study = Path(tmp) / "study-throughput.toml"
+        study.write_text(small_study(args))
+        load = os.getloadavg()[0]
+        times: dict[int, list[float]] = {c: [] for c in counts}
+        seconds, trials = run_once(study, precision, args.threads, counts[0], args.devices)
+        print(f"  warm-up (trials_per_device {counts[0]}, not counted): {seconds:.1f} s", flush=True)
+        for _ in range(args.repeats):
+            for count in counts:  # interleaved
+                seconds, trials = run_once(study, precision, args.threads, count, args.devices)
+                times[count].append(seconds)
+                print(f"  trials_per_device {count}: {seconds:.1f} s", flush=True)
+    print(f"study: {args.model}, positions [{args.positions}] x [{args.candidates}], seeds [{args.seeds}], "
+          f"{trials} trials of {args.epochs} epoch(s), teacher {args.teacher_epochs} epoch(s), distillation "
+          f"{args.distill_steps} steps, precision {precision}, devices {args.devices or 'auto'}; median of "
+          f"{args.repeats}; load average {load:.1f} at start (the teacher and bank are part of every run)")
+    base = statistics.median(times[counts[0]])
+    for count in counts:
+        t = statistics.median(times[count])
+        print(f"  trials_per_device {count:<2}: {t:7.1f} s  {trials * 3600 / t:8.0f} trials/hour  "
+              f"({base / t:4.2f}x vs {counts[0]})  runs {[round(v, 1) for v in times[count]]}")
     return 0
 
 
