@@ -32,7 +32,7 @@ prepare() {
     local mini=${DATA:-../shared/data/cifar10-mini.npz}
     [ -f "$mini" ] && cp "$mini" .device/cifar10-mini.npz
     du -sh .device
-    echo "on the GPU machine, with .device/ beside the checkout: bash benchmarks/gpu_check.sh run"
+    echo "copy this checkout with its .device/ folder to the GPU machine, then: bash benchmarks/gpu_check.sh run"
 }
 
 CUDA_TESTS=(
