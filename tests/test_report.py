@@ -119,6 +119,19 @@ def test_cli_writes_the_report_from_a_results_dir_or_a_study_file(tmp_path, caps
     assert "report:" in capsys.readouterr().out
 
 
+def test_cli_refuses_a_folder_without_records_but_reports_a_study_underway(tmp_path, capsys):
+    written = tmp_path / "reports" / "quick"  # a report folder given where its results were meant
+    written.mkdir(parents=True)
+    (written / "index.html").write_text("<html></html>")
+    assert main(["report", str(written), "--reports", str(tmp_path / "out")]) == 2
+    assert "holds no trial records" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    underway = tmp_path / "results" / "quick"  # claims but no record yet: a study that has started
+    (underway / "claims").mkdir(parents=True)
+    assert main(["report", str(underway), "--reports", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "quick" / "index.html").is_file()
+
+
 @pytest.mark.parametrize("content, message", [
     (None, "no such file or folder; give a study file"), ('name = "ghost"\n', "no results for study 'ghost'"),
     ("model = 'x'\n", "name: missing"), ("name = [\n", "not valid TOML")])

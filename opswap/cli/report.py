@@ -23,7 +23,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _context(path: Path, results: Path, overrides: list[str]) -> tuple[Path, ReportContext]:
     """The results folder and report context of a study file (or of a bare results folder)."""
     if path.is_dir():
-        record_files(path)  # refuses a results root that holds studies rather than records
+        # refuses a results root that holds studies rather than records
+        if not record_files(path) and not any((path / d).is_dir() for d in ("claims", "logs", "teacher")):
+            raise ValueError(f"{str(path)!r} holds no trial records (<trial id>.json) and is no study's results "
+                             "folder, so its report would be empty: give a study's results folder "
+                             "(results/<study>) or its study file (.toml)")
         return path, ReportContext(study=path.resolve().name)
     if not path.is_file():
         what = "no such file or folder" if not path.exists() else "not a file or folder"
