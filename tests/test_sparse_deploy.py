@@ -86,3 +86,18 @@ def test_the_compact_form_equals_the_dense_layer(layer):
 def test_candidates_are_checked(dsr_tfcnn):
     with pytest.raises(ValueError, match="must include 'dense'"):
         to_sparse_inference(dsr_tfcnn, torch.rand(1, 3, 32, 32), candidates=("csr",))
+
+
+def test_a_compact_form_larger_than_dense_is_never_offered(dsr_tfcnn):
+    # At 90 % random sparsity the classifier drops a few inputs, but its kept-index buffer
+    # outweighs them: measured speed must not be able to choose a deployment larger than dense.
+    from opswap.sparse.deploy import _forms, plain_layer, stored_nbytes
+
+    layers = dict(dynamic_layers(dsr_tfcnn))
+    compact = CompactLayer(layers["classifier.1"])
+    assert compact.removes_anything and compact.stored_nbytes() > stored_nbytes(plain_layer(layers["classifier.1"]))
+    for layer in layers.values():
+        forms = _forms(layer, ("csr", "channel"))
+        assert all(stored_nbytes(form) < stored_nbytes(forms["dense"]) for name, form in forms.items()
+                   if name == "channel")
+    assert "channel" not in _forms(layers["classifier.1"], ("csr", "channel"))

@@ -5,9 +5,10 @@
 each remaining dynamic layer on its real input, on the current device (`opswap.training.time_blocks`),
 in each candidate form: "dense" (the masked weight materialised in a plain nn.Conv2d /
 nn.Linear), "csr" (CSR matmul) and "channel" (a dense layer on the weight's nonzero rows and
-input channels only, when there are zero ones). A non-dense form is taken only when it beats
-dense by `margin`, and the whole deployed model is timed against the dense model and replaced
-by it if it is slower: never slower than dense, by construction and by its own measurements.
+input channels only, when there are zero ones and it stores fewer bytes than dense). A
+non-dense form is taken only when it beats dense by `margin`, and the whole deployed model is
+timed against the dense model and replaced by it if it is slower: never slower than dense, by
+construction and by its own measurements.
 `deployed_report` does this at batch 1 and at a throughput batch and adds the stored bytes.
 """
 from __future__ import annotations
@@ -135,7 +136,8 @@ def _forms(layer, candidates: Sequence[str]) -> dict[str, nn.Module]:
         forms["csr"] = csr_module(layer).eval()
     if "channel" in candidates and not (isinstance(layer, nn.Conv2d) and layer.groups > 1):
         compact = CompactLayer(layer).eval()
-        if compact.removes_anything:
+        # Its kept-index buffers can outweigh the few weights it drops: offered only when smaller.
+        if compact.removes_anything and compact.stored_nbytes() < stored_nbytes(forms["dense"]):
             forms["channel"] = compact
     return forms
 
