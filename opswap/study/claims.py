@@ -56,7 +56,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Claim", "ClaimInfo", "try_claim", "build_once", "read_claim", "claim_is_live", "write_json_atomic"]
+__all__ = ["Claim", "ClaimInfo", "try_claim", "build_once", "read_claim", "claim_is_live", "pid_alive",
+           "write_json_atomic"]
 
 _HOST = socket.gethostname()
 _MARKER = ".takeover"
@@ -121,7 +122,8 @@ def read_claim(path: str | Path) -> ClaimInfo | None:
         return None
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this id runs on this host (one we may not signal counts as running)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -135,7 +137,7 @@ def claim_is_live(info: ClaimInfo | None, stale_after: float) -> bool:
     """Whether a claim still belongs to a working runner."""
     if info is None:
         return False
-    if info.host == _HOST and not _pid_alive(info.pid):
+    if info.host == _HOST and not pid_alive(info.pid):
         return False
     return time.time() - info.heartbeat < stale_after
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import pickle
 import sys
 import time
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from opswap.atomic import write_json
+from opswap.study.claims import pid_alive
 from opswap.study.execute import TrialFn
 from opswap.study.expand import expand_study
 from opswap.study.schema import SlurmConfig, Study
@@ -191,16 +191,6 @@ class ArrayStatus:
     summaries: tuple[WorkerSummary, ...] = ()  # of the tasks that finished
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        return True
-    return True
-
-
 def _result(folder: Path, job_id: str) -> tuple[str, Any] | None:
     path = folder / f"{job_id}_0_result.pkl"
     if not path.is_file():
@@ -217,7 +207,7 @@ def _state(cluster: str, folder: Path, job_id: str) -> str:
     if result is not None:
         return "COMPLETED" if result[0] == "success" else "FAILED"
     if cluster == "local":
-        return "RUNNING" if job_id.isdigit() and _pid_alive(int(job_id)) else "INTERRUPTED"
+        return "RUNNING" if job_id.isdigit() and pid_alive(int(job_id)) else "INTERRUPTED"
     try:
         import submitit
 
