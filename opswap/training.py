@@ -18,8 +18,9 @@ import time
 import uuid
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +35,18 @@ log = logging.getLogger("opswap")
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("cosine", "step", "onecycle", "constant")
+
+
+def coerce_float_fields(config: Any) -> None:
+    """Set every int given for a float-typed field of a frozen dataclass to its float.
+
+    TOML, `--set` and Python callers write `0` as readily as `0.0`; both must give one setting,
+    one record and one trial id (the id hashes the settings' JSON, where `0` and `0.0` differ).
+    """
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if "float" in str(f.type) and isinstance(value, int) and not isinstance(value, bool):
+            object.__setattr__(config, f.name, float(value))
 
 
 @dataclass(frozen=True)
@@ -65,6 +78,8 @@ class TrainConfig:
     def __post_init__(self):
         def bad(key, allowed):
             raise ValueError(f"train setting {key} = {getattr(self, key)!r} is invalid; allowed: {allowed}")
+
+        coerce_float_fields(self)
 
         if self.optimizer not in OPTIMIZERS:
             bad("optimizer", " | ".join(OPTIMIZERS))

@@ -187,7 +187,7 @@ def test_report_of_a_study_run_with_overrides_knows_its_trials(tmp_path):
                              method=trial.settings["method"], study="m")
         record["trial_id"] = trial.trial_id
         records.append(record)
-    results = write_records(tmp_path / "results" / "m", records)
+    write_records(tmp_path / "results" / "m", records)
     common = ["report", str(study), "--results", str(tmp_path / "results")]
     assert main(common + ["--reports", str(tmp_path / "reports"), "--set", "dataset=synthetic"]) == 0
     html = (tmp_path / "reports" / "m" / "index.html").read_text()

@@ -200,3 +200,25 @@ def test_a_one_class_dataset_and_a_method_path_that_does_not_exist_are_refused(t
                     f'data = "{tmp_path / "absent.npz"}"\n')
     with pytest.raises(StudyError, match=r"methods\[0\]\.data: dataset root .*absent\.npz' does not exist"):
         load_study(path)
+
+
+def test_train_settings_are_checked_against_the_studys_own_epochs(tmp_path):
+    """warmup_epochs is bounded by the budgets the study runs, not by TrainConfig's default 10."""
+    path = tmp_path / "study.toml"
+    path.write_text(TINY + "init = [\"scratch\"]\nepochs = [25]\n[train]\nwarmup_epochs = 15\n")
+    assert load_study(path).train["warmup_epochs"] == 15  # fits 25 epochs
+    path.write_text(TINY + "init = [\"scratch\"]\nepochs = [1, 25]\n[train]\nwarmup_epochs = 5\n")
+    with pytest.raises(StudyError) as err:
+        load_study(path)
+    message = str(err.value)
+    assert "train.warmup_epochs" in message and "epochs=1" in message and "epochs=25" not in message
+    # The teacher trained here runs [train] with its own budget too.
+    path.write_text(TINY + "init = [\"lana\"]\nepochs = [25]\n[teacher]\nepochs = 4\n[train]\nwarmup_epochs = 5\n")
+    with pytest.raises(StudyError, match=r"train\.warmup_epochs.*epochs=4"):
+        load_study(path)
+    # A method with its own epochs is checked with them, its table merged with the study's.
+    path.write_text('name = "m"\nkind = "methods"\ndataset = "synthetic"\nepochs = [20]\n[train]\n'
+                    'warmup_epochs = 8\n[[methods]]\nname = "short"\nmodel = "tf-cnn"\nepochs = 6\n'
+                    'train = { lr = 0.05 }\n')
+    with pytest.raises(StudyError, match=r"methods\[0\]\.train\.warmup_epochs.*epochs=6"):
+        load_study(path)

@@ -194,3 +194,29 @@ def test_a_bank_or_teacher_cut_short_is_built_again(tmp_path):
     (root / "bank.safetensors").write_bytes(b"")
     assert not stages._bank_current(root, "abc")
     assert not stages._intact(root / "missing.safetensors")
+
+
+@pytest.mark.parametrize("spelling", ["0", "1"])
+def test_an_integer_for_a_float_setting_gives_the_float_spellings_ids(tmp_path, spelling):
+    """`weight_decay = 0` and `= 0.0` are one setting: the same trials, the same ids, float in the record."""
+    def ids(text, overrides=()):
+        return {t.trial_id for t in expand_study(_study(tmp_path, text, overrides)).trials}
+
+    as_float = ids(GRID + f"[train]\nweight_decay = {spelling}.0\n[distill]\nweight_decay = {spelling}.0\n")
+    as_int = ids(GRID + f"[train]\nweight_decay = {spelling}\n[distill]\nweight_decay = {spelling}\n")
+    by_set = ids(GRID, [f"train.weight_decay={spelling}", f"distill.weight_decay={spelling}"])
+    assert as_int == as_float == by_set
+    trial = next(iter(expand_study(_study(tmp_path, GRID + f"[train]\nweight_decay = {spelling}\n")).trials))
+    assert type(trial.settings["train"]["weight_decay"]) is float
+
+
+def test_configs_built_in_python_store_floats_for_float_fields():
+    from opswap.distill.engine import DistillConfig
+    from opswap.training import TrainConfig
+
+    train = TrainConfig(lr=1, weight_decay=0, warmup_epochs=1, epochs=5)
+    assert (train.lr, train.weight_decay, train.warmup_epochs) == (1.0, 0.0, 1.0)
+    assert all(type(v) is float for v in (train.lr, train.weight_decay, train.warmup_epochs))
+    assert type(train.epochs) is int and type(train.seed) is int and train.augment is True
+    distill = DistillConfig(lr=1, weight_decay=0)
+    assert type(distill.lr) is float and type(distill.weight_decay) is float and type(distill.steps) is int

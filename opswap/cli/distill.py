@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p("--steps", type=int, default=_DEFAULTS.steps, help="distillation steps per pair")
     p("--batch-size", type=int, default=_DEFAULTS.batch_size, help="")
     p("--optimizer", choices=("adam", "sgd"), default=_DEFAULTS.optimizer, help="optimiser of every candidate")
-    p("--lr", type=float, default=_DEFAULTS.lr, help="")
+    p("--lr", type=float, default=_DEFAULTS.lr, help=f"learning rate of every candidate (default {_DEFAULTS.lr:g})")
     p("--schedule", choices=("cosine", "constant"), default=_DEFAULTS.schedule, help="learning-rate schedule")
     p("--weight-decay", type=float, default=_DEFAULTS.weight_decay, help="weight decay")
     p("--max-pairs", type=int, default=None, metavar="N",

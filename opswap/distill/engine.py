@@ -30,6 +30,7 @@ from opswap.allocator import keep_freed_memory
 from opswap.distill.bank import BankEntry, WeightBank, teacher_fingerprint
 from opswap.substitution import positions, valid_ops
 from opswap.precision import PRECISIONS, autocast, memory_format, resolve_precision
+from opswap.training import coerce_float_fields
 
 __all__ = ["DistillConfig", "distill_bank", "normalised_mse", "valid_pairs", "resolve_device"]
 
@@ -57,6 +58,7 @@ class DistillConfig:
     precision: str = "auto"  # auto | fp32 | bf16: autocast + channels_last for teacher and candidates
 
     def __post_init__(self) -> None:
+        coerce_float_fields(self)
         problems = []
         if not isinstance(self.steps, int) or self.steps < 1:
             problems.append(f"steps must be an integer >= 1, got {self.steps!r}")

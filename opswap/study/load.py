@@ -148,17 +148,22 @@ def _resolve(f: StudyFile, problems: Problems, source: str) -> Study:
         problems.add("prune", f"unknown prune method {prune!r}.{_closest(prune, PRUNE_METHODS)} "
                      f"Allowed: {', '.join(PRUNE_METHODS)}")
     elif prune == "none" and any(s > 0 for s in f.sparsity):
-        problems.add("prune", 'sparsity > 0 needs a prune method: prune = "dsr", "static" or "gradual"')
+        methods = ", ".join(f'"{m}"' for m in PRUNE_METHODS if m != "none")
+        problems.add("prune", f"sparsity > 0 needs a prune method: prune = one of {methods}")
     else:
         _prune_options(problems, "prune_options", prune, f.prune_options)
     for x in f.data_fraction:
         if not 0.0 < x <= 1.0:
             problems.add("data_fraction", f"{x!r} is outside (0, 1]")
-    train = check_table(problems, "train", f.train, "train")
+    teacher = _table(problems, "teacher", f.teacher, TeacherConfig)
+    # [train] runs with every budget of the study (and the teacher's, when it trains one here).
+    trains_teacher = (kind == "assemble" or (kind == "substitution" and any(i != "scratch" for i in f.init))) \
+        and teacher.train and teacher.checkpoint is None
+    budgets = [*f.epochs, *([teacher.epochs] if trains_teacher else [])]
+    train = check_table(problems, "train", f.train, "train", budgets)
     distill = check_table(problems, "distill", f.distill, "distill")
     # Candidates imitate the teacher on the inputs it was trained on: same scaling, same augmentation.
     distill = {**{k: train[k] for k in ("normalize", "augment") if k in train}, **distill}
-    teacher = _table(problems, "teacher", f.teacher, TeacherConfig)
     if teacher.checkpoint is not None:
         _path(problems, "teacher.checkpoint", teacher.checkpoint, "teacher checkpoint")
         if f.teacher.get("train") is True:
@@ -349,7 +354,9 @@ def _methods(problems: Problems, items: list[dict], f: StudyFile, info, num_clas
                                                f"type; expected {_METHOD_TYPES[key][1]}")
                 settings.pop(key)  # checked no further
         if isinstance(settings.get("train"), dict):
-            check_table(problems, f"{where}.train", settings["train"], "train")
+            epochs = settings.get("epochs")
+            check_table(problems, f"{where}.train", {**f.train, **settings["train"]}, "train",
+                        [epochs] if isinstance(epochs, int) else f.epochs)
         if settings.get("kind", "train") not in ("train", "traditional"):
             problems.add(f"{where}.kind", f"{settings['kind']!r} is not allowed; use \"train\" or \"traditional\"")
         if "model" in settings:

@@ -423,8 +423,12 @@ def apply_override(raw: dict, key: str, value: Any) -> None:
     node[last] = value
 
 
-def check_table(problems: Problems, key: str, table: dict, which: str) -> dict:
-    """Check a [train] / [distill] table (or a method's) against its settings class."""
+def check_table(problems: Problems, key: str, table: dict, which: str, epochs: Iterable[int] = ()) -> dict:
+    """Check a [train] / [distill] table (or a method's) against its settings class.
+
+    A [train] table is checked with each of `epochs` (the budgets it will run with: settings
+    such as `warmup_epochs` are bounded by them); without any, with TrainConfig's default.
+    """
     model, cls = (_TRAIN_TABLE, TrainConfig) if which == "train" else (_DISTILL_TABLE, DistillConfig)
     if which == "train":
         for name in ("epochs", "seed"):
@@ -439,10 +443,17 @@ def check_table(problems: Problems, key: str, table: dict, which: str) -> dict:
         types = {name: _type_name(info.annotation) for name, info in model.model_fields.items()}
         problems.pydantic(err, where=f"{key}.", raw=table, expected=types, fields=model.model_fields)
         return {}
-    try:
-        cls(**values)
-    except (TypeError, ValueError) as err:
-        problems.add(key, str(err))
+    budgets = sorted({e for e in epochs if isinstance(e, int) and not isinstance(e, bool) and e > 0})
+    seen = set()
+    for extra in ([{"epochs": e} for e in budgets] if which == "train" and budgets else [{}]):
+        try:
+            cls(**values, **extra)
+        except (TypeError, ValueError) as err:
+            message = str(err) + (f" (with epochs = {extra['epochs']})" if extra and len(budgets) > 1 else "")
+            if str(err) not in seen:
+                seen.add(str(err))
+                field_name = re.match(r"train setting (\w+) = ", str(err))
+                problems.add(f"{key}.{field_name[1]}" if field_name else key, message)
     return dict(table)
 
 
