@@ -196,3 +196,38 @@ def test_report_of_a_study_run_with_overrides_knows_its_trials(tmp_path):
     assert main(common + ["--reports", str(tmp_path / "plain")]) == 0
     plain = (tmp_path / "plain" / "m" / "index.html").read_text()
     assert "4 records are not trials of the study file" in plain and "-5.00" not in plain
+
+
+def test_a_folder_mixing_two_settings_says_so_at_the_top_and_prints_no_warning(tmp_path, capsys):
+    import copy
+
+    other = []
+    for r in paper_records():
+        r = copy.deepcopy(r)
+        r["settings"]["train"]["lr"] = 0.05
+        r["trial_id"] = "f" + r["trial_id"][1:]
+        other.append(r)
+    results = write_records(tmp_path / "results" / "demo", paper_records() + other)
+    assert main(["report", str(results), "--reports", str(tmp_path / "reports")]) == 0
+    captured = capsys.readouterr()
+    assert "PooledSettingsWarning" not in captured.err
+    markdown = (tmp_path / "reports" / "demo" / "README.md").read_text()
+    summary = markdown.split("## ")[0]
+    assert "5 cells pool trials run with different settings — train_lr (0.05, 0.1)" in summary
+
+
+def test_a_folder_with_one_model_on_two_datasets_reports_two_networks(tmp_path):
+    import copy
+
+    other = []
+    for r in paper_records():
+        r = copy.deepcopy(r)
+        r["settings"].update(dataset="cifar100", num_classes=100)
+        r["metrics"]["test_acc"] -= 20.0
+        r["trial_id"] = "e" + r["trial_id"][1:]
+        other.append(r)
+    results = write_records(tmp_path / "results" / "demo", paper_records() + other)
+    assert main(["report", str(results), "--reports", str(tmp_path / "reports")]) == 0
+    markdown = (tmp_path / "reports" / "demo" / "README.md").read_text()
+    assert "wrn-16-1 · cifar100 · baseline" in markdown and "wrn-16-1 · synthetic · baseline" in markdown
+    assert "Network wrn-16-1 · cifar100:" in markdown and "pool" not in markdown.split("## ")[0]

@@ -246,3 +246,82 @@ def test_identical_values_on_both_sides_are_no_difference_and_different_constant
     assert same["p_value"] == 1.0 and same["delta"] == 0.0 and same["marks"] == ""
     assert (same["ci_low"], same["ci_high"]) == (0.0, 0.0)
     assert other["p_value"] == 0.0 and other["delta"] == 1.0 and other["marks"] == "***"
+
+
+def _retarget(record: dict, **settings) -> dict:
+    """The record as if run with other settings (`train` merged), under a fresh trial id."""
+    import copy
+    import hashlib
+    import json
+
+    record = copy.deepcopy(record)
+    train = settings.pop("train", None)
+    record["settings"].update(settings)
+    if train:
+        record["settings"]["train"].update(train)
+    record["trial_id"] = hashlib.sha1(json.dumps(record["settings"], sort_keys=True).encode()).hexdigest()[:12]
+    return record
+
+
+def test_trials_on_different_datasets_are_never_pooled_into_one_cell(tmp_path):
+    """One folder, one model, two datasets: two networks, each compared with its own baseline."""
+    import warnings
+
+    ten = paper_records()
+    hundred = [_retarget(r, dataset="cifar100", num_classes=100) for r in paper_records()]
+    for r in hundred:  # the same model on CIFAR-100 is ~20 points lower
+        r["metrics"]["test_acc"] -= 20.0
+    frame = load_results(write_records(tmp_path / "both", ten + hundred))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", tables.PooledSettingsWarning)
+        long = tables.summary(frame)
+    base = long[long["is_reference"]].set_index("row")
+    assert set(base.index) == {"wrn-16-1 · synthetic · baseline", "wrn-16-1 · cifar100 · baseline"}
+    assert base.loc["wrn-16-1 · synthetic · baseline", "mean"] == pytest.approx(np.mean(BASELINE))
+    assert base.loc["wrn-16-1 · cifar100 · baseline", "mean"] == pytest.approx(np.mean(BASELINE) - 20)
+    assert (base["n"] == 3).all()
+    cell = long.set_index(["row", "candidate"]).loc[("wrn-16-1 · cifar100 · 1", "mbconv_e6_k3")]
+    assert cell["n"] == 3 and cell["delta"] == pytest.approx(93.0 - 96.2)  # against its own baseline
+    table = tables.paper_tables(frame)[3]
+    assert "wrn-16-1 · cifar100 · baseline" in table.index and "wrn-16-1 · synthetic · 3" in table.index
+
+
+def test_a_cell_pooling_other_settings_is_said(tmp_path):
+    """Records of two studies that differ in lr, or in the precision that ran, in one folder."""
+    fast = [_retarget(r, train={"lr": 0.05}, seed=r["settings"]["seed"] + 10) for r in paper_records()]
+    frame = load_results(write_records(tmp_path / "mixed", paper_records() + fast))
+    sentences = tables.pooled_settings(frame)
+    assert len(sentences) == 1
+    assert "train_lr (0.05, 0.1)" in sentences[0] and "5 cells pool" in sentences[0]
+    assert "position 1 mbconv_e6_k3 at 3 epochs" in sentences[0]
+    with pytest.warns(tables.PooledSettingsWarning, match="train_lr"):
+        tables.summary(frame)
+    # One study's records: homogeneous cells, nothing said.
+    assert tables.pooled_settings(load_results(write_records(tmp_path / "one", paper_records()))) == []
+    # The same settings asked, different precision run (bf16 on one machine, fp32 on another).
+    records = paper_records()
+    for i, r in enumerate(records):
+        r["metrics"]["precision"] = "bf16" if i % 2 else "fp32"
+    sentences = tables.pooled_settings(load_results(write_records(tmp_path / "prec", records)))
+    assert len(sentences) == 1 and "precision (bf16, fp32)" in sentences[0]
+
+
+def test_methods_are_compared_at_one_data_fraction(tmp_path):
+    """A ran 0.1 and 0.5, B only 0.5: both are scored at 0.5, never A at 0.1 against B at 0.5."""
+    records = [make_record(test_acc=70.0, model="tf-cnn", method="A"),
+               make_record(test_acc=68.0, model="tf-cnn", method="B", seed=1),
+               make_record(test_acc=40.0, model="tf-cnn", method="A", data_fraction=0.1, seed=2),
+               make_record(test_acc=60.0, model="tf-cnn", method="A", data_fraction=0.5, seed=3),
+               make_record(test_acc=55.0, model="tf-cnn", method="B", data_fraction=0.5, seed=4)]
+    scores = tables.method_table(load_results(write_records(tmp_path / "m", records)))
+    value = scores.set_index(["method", "measure"])["value"]
+    assert scores.attrs["data_fraction"] == 0.5
+    assert value["A", "acc at data fraction"] == 60.0 and value["B", "acc at data fraction"] == 55.0
+    # No fraction shared by all: the one most methods ran (the smallest of those); the rest missing.
+    records = [make_record(test_acc=70.0, model="tf-cnn", method=m, seed=i) for i, m in enumerate("ABC")]
+    records += [make_record(test_acc=a, model="tf-cnn", method=m, data_fraction=f, seed=10 + i)
+                for i, (m, f, a) in enumerate([("A", 0.1, 30.0), ("B", 0.1, 35.0), ("C", 0.2, 50.0)])]
+    scores = tables.method_table(load_results(write_records(tmp_path / "n", records)))
+    value = scores.set_index(["method", "measure"])["value"]
+    assert scores.attrs["data_fraction"] == 0.1
+    assert value["B", "acc at data fraction"] == 35.0 and math.isnan(value["C", "acc at data fraction"])

@@ -18,7 +18,10 @@ __all__ = ["reference_values", "with_delta"]
 
 
 def _unit(data: pd.DataFrame) -> pd.Series:
-    """Substitutions compare within one network; the methods of a methods study with each other."""
+    """Substitutions compare within one network (model and dataset, `tables.network_names`); the
+    methods of a methods study with each other."""
+    if "unit" in data:
+        return data["unit"].astype(str)
     return pd.Series(np.where(data["row"] == "methods", "methods", data["model"].astype(str)), index=data.index)
 
 

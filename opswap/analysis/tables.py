@@ -11,6 +11,7 @@ from __future__ import annotations
 import html
 import math
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -54,9 +55,34 @@ def candidate_label(row: pd.Series, *, with_data_fraction: bool = True) -> str:
     return " · ".join(label)
 
 
-def _row_label(position, model: str, several_models: bool) -> str:
+def _row_label(position, network: str, several_networks: bool) -> str:
     name = "baseline" if not _is_set(position) else str(int(position))
-    return f"{model} · {name}" if several_models else name
+    return f"{network} · {name}" if several_networks else name
+
+
+# What makes two trials' networks different ones, compared only within themselves: the
+# architecture, and what it was trained on (the dataset, its files, its class count).
+NETWORK_KEYS = ("model", "dataset", "data", "num_classes")
+
+
+def network_names(frame: pd.DataFrame) -> pd.Series:
+    """Per trial, its network's name: the model, plus whatever tells it from the others shown.
+
+    `wrn-16-2` when every trial is on one dataset; `wrn-16-2 · cifar10` and `wrn-16-2 · cifar100`
+    when the same model was trained on two; the data path or class count is added only when
+    that is what differs. Trials of different networks are never pooled into one cell.
+    """
+    keys = [k for k in NETWORK_KEYS if k in frame]
+    parts = frame[keys].astype(object).apply(lambda column: column.map(lambda v: str(v) if _is_set(v) else "None"))
+    names = parts["model"].copy()
+    for key in keys[1:]:
+        # Add a part where trials that share the name so far differ in it.
+        varies = parts.groupby(names)[key].transform("nunique") > 1
+        shown = parts[key].map(lambda v: Path(v).name if key == "data" and v != "None" else v)
+        if key == "num_classes":
+            shown = shown + " classes"
+        names = names.where(~varies, names + " · " + shown)
+    return names
 
 
 def labelled(frame: pd.DataFrame, reference: str | None = None) -> pd.DataFrame:
@@ -68,10 +94,11 @@ def labelled(frame: pd.DataFrame, reference: str | None = None) -> pd.DataFrame:
     named = frame["method"].notna() if "method" in frame else pd.Series(False, frame.index)
     keep = named | (frame["kind"].fillna("train") != "traditional")
     frame, named = frame[keep].copy(), named[keep]
-    plain = frame[~named]
-    models = (plain["model"].astype(str) + " " + plain["dataset"].astype(str)).unique()
-    frame["row"] = ["methods" if n else _row_label(p, m, len(models) > 1)
-                    for n, p, m in zip(named, frame["position"], frame["model"].astype(str))]
+    networks = network_names(frame) if len(frame) else pd.Series([], index=frame.index, dtype=object)
+    several = networks[~named].nunique() > 1
+    frame["unit"] = np.where(named, "methods", networks)  # compared within itself (opswap.analysis.delta)
+    frame["row"] = ["methods" if n else _row_label(p, u, several)
+                    for n, p, u in zip(named, frame["position"], frame["unit"])]
     frame["candidate"] = [
         " · ".join([r["method"]] + ([f"{r['data_fraction']:g} data"]
                                     if _is_set(r["data_fraction"]) and r["data_fraction"] < 1 else []))
@@ -84,6 +111,63 @@ def labelled(frame: pd.DataFrame, reference: str | None = None) -> pd.DataFrame:
     if reference is not None and "method" in frame:
         frame["is_reference"] |= named & (frame["method"] == reference)
     return frame
+
+
+class PooledSettingsWarning(UserWarning):
+    """A table cell pools finished trials that were run with different settings."""
+
+
+# Settings that change a trial's result but not its cell label: trials differing in one of
+# these are not seeds of one cell. (Evaluation batch size, compile and distillation chunking
+# change how fast a trial runs, not what it learns.)
+_NOT_RESULT = {"train_eval_batch_size", "train_compile", "distill_max_pairs_at_once"}
+
+
+def _result_settings(frame: pd.DataFrame) -> list[str]:
+    """The flattened [train] / [distill] settings columns (`load_results`), the teacher, the
+    validation share, and the precision that ran."""
+    from dataclasses import fields
+
+    from opswap.distill.engine import DistillConfig
+    from opswap.training import TrainConfig
+
+    names = {f"train_{f.name}" for f in fields(TrainConfig)} | {f"distill_{f.name}" for f in fields(DistillConfig)}
+    names = (names - _NOT_RESULT) | {"teacher", "val_fraction", "precision"}
+    return [c for c in frame.columns if c in names]
+
+
+def pooled_settings(frame: pd.DataFrame, reference: str | None = None) -> list[str]:
+    """Sentences naming the table cells whose finished trials differ in a setting other than the seed.
+
+    A study's trials of one cell differ only by seed; a folder holding records of several
+    studies (or of one study whose settings changed) can pool other trials into a cell, and its
+    mean ± std would then be no seed spread. Empty when every cell is homogeneous.
+    """
+    data = labelled(frame, reference)
+    data = data[data["status"] == "ok"]
+    columns = _result_settings(data)
+    if data.empty or not columns:
+        return []
+    differing: dict[str, set] = {}
+    cells = []
+    for (epochs, row, candidate), cell in data.groupby([data["epochs"].fillna(-1), "row", "candidate"], sort=True):
+        if len(cell) < 2:
+            continue
+        varied = [c for c in columns if cell[c].astype(str).nunique() > 1]
+        if varied:
+            for c in varied:
+                differing.setdefault(c, set()).update(cell[c].astype(str))
+            where = "baseline" if row.endswith("baseline") else row if row == "methods" else f"position {row}"
+            cells.append(f"{where} {candidate}" + (f" at {int(epochs)} epochs" if epochs != -1 else ""))
+    if not cells:
+        return []
+    what = "; ".join(f"{c} ({', '.join(sorted(v)[:4])}{', …' if len(v) > 4 else ''})"
+                     for c, v in sorted(differing.items()))
+    shown = ", ".join(cells[:3]) + (f" and {len(cells) - 3} more" if len(cells) > 3 else "")
+    return [f"{len(cells)} cell{'s' if len(cells) != 1 else ''} pool{'s' if len(cells) == 1 else ''} "
+            f"trials run with different settings — {what} — so their mean ± std is not a spread "
+            f"over seeds alone: {shown}. Report one study (opswap report STUDY.toml) or select "
+            "the trials of one setting."]
 
 
 def sort_key(candidate: str) -> tuple:
@@ -112,9 +196,10 @@ def summary(frame: pd.DataFrame, metric: str = "test_acc", *,
     The reference is the unmodified network, or in a methods study the method named `reference`.
     """
     data = labelled(frame, reference)
+    for sentence in pooled_settings(frame, reference):
+        warnings.warn(sentence, PooledSettingsWarning, stacklevel=2)
     refs = reference_values(data, metric)
     out = []
-    data["unit"] = np.where(data["row"] == "methods", "methods", data["model"].astype(str))
     samples_of: dict[int, np.ndarray] = {}  # result row → its finished values (for the best mark)
     for epochs, group in data.groupby(data["epochs"].fillna(-1), sort=True):
         ok = group[(group["status"] == "ok") & group[metric].notna()]
@@ -135,8 +220,8 @@ def summary(frame: pd.DataFrame, metric: str = "test_acc", *,
                     p = float(test.pvalue)
                     if math.isnan(p) and np.ptp(values) == 0 and np.ptp(reference) == 0 \
                             and values[0] == reference[0]:
-                        p = 1.0  # the same value in every seed on both sides: no difference (0/0 in t)
-                    if not math.isnan(p):
+                        p, low, high = 1.0, 0.0, 0.0  # one value in every seed on both sides: Δ is exactly 0
+                    elif not math.isnan(p):
                         low, high = test.confidence_interval(0.95)
                 samples_of[len(out)] = values
                 out.append({
@@ -344,8 +429,23 @@ CRITERIA = [
 ]
 
 
+def data_requirement_fraction(partial: pd.DataFrame) -> float:
+    """The data fraction (< 1) the methods are compared at: the smallest that every method run
+    on less data shares; when they share none, the smallest run by the most methods (the others'
+    "acc at data fraction" is then missing). NaN when no method ran on less data."""
+    if partial.empty:
+        return math.nan
+    methods = partial.groupby("data_fraction")["method"].nunique()
+    most = methods[methods == methods.max()]
+    return float(most.index.min())
+
+
 def method_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """Methods × measured criteria: raw means and scores in [0, 1] (1 = best shown)."""
+    """Methods × measured criteria: raw means and scores in [0, 1] (1 = best shown).
+
+    "acc at data fraction" is every method's accuracy at one fraction,
+    `data_requirement_fraction` (in `table.attrs["data_fraction"]`).
+    """
     data = frame[frame["status"] == "ok"].copy()
     if data.empty:
         return pd.DataFrame(columns=["method", "measure", "criterion", "value", "score"])
@@ -361,19 +461,20 @@ def method_table(frame: pd.DataFrame) -> pd.DataFrame:
     data["storage bytes"] = data["csr_bytes"].astype(float).fillna(data["dense_bytes"].astype(float))
     fraction = data["data_fraction"].fillna(1.0)
     full, partial = data[fraction >= 1], data[fraction < 1]
+    common = data_requirement_fraction(partial)
     rows = []
     for method in sorted(data["method"].unique(), key=lambda m: (m == "traditional", m)):
         mine = full[full["method"] == method]
         values = {m: pd.to_numeric(mine[m], errors="coerce").astype("float64").mean()
                   for m, _, _ in CRITERIA if m in mine}
-        smallest = partial[partial["method"] == method]
-        if not smallest.empty:
-            smallest = smallest[smallest["data_fraction"] == smallest["data_fraction"].min()]
-        values["acc at data fraction"] = smallest["test_acc"].mean() if len(smallest) else math.nan
+        # Every method at one fraction, or the comparison would reward whoever ran less data least.
+        at = partial[(partial["method"] == method) & (partial["data_fraction"] == common)]
+        values["acc at data fraction"] = at["test_acc"].mean() if len(at) else math.nan
         for measure, criterion, _ in CRITERIA:
             rows.append({"method": method, "measure": measure, "criterion": criterion,
                          "value": float(values.get(measure, math.nan))})
     table = pd.DataFrame(rows)
+    table.attrs["data_fraction"] = common
     for measure, _, higher in CRITERIA:
         where = table["measure"] == measure
         values = table.loc[where, "value"].where(lambda v: v > 0)

@@ -59,6 +59,9 @@ def _interval(value: float, low: float, high: float) -> str:
 def noise_ceiling(seeds: pd.DataFrame, reference_n: int, *, metric: str = "test_acc", n_boot: int = 1000,
                   seed: int = 0) -> dict[str, Any]:
     """Seed-to-seed reliability of one budget's cells, pooled seed std, detectable Δ and seeds needed."""
+    if seeds.duplicated(["position", "op", "seed"]).any():
+        # Records of two settings pooled into a cell (the report's summary says so): one value per seed.
+        seeds = seeds.groupby(["position", "op", "seed"], as_index=False)[metric].mean()
     rel = crossval.reliability(seeds, value=metric, n_boot=n_boot, seed=seed)
     spread = seeds.groupby(["position", "op"])[metric].agg(["var", "size"])
     spread = spread[spread["size"] >= 2]
@@ -173,7 +176,29 @@ def _scheme_ok(cells: pd.DataFrame) -> list[str]:
 def predictability_section(frame: pd.DataFrame, features: pd.DataFrame | None = None, *,
                            metric: str = "test_acc", correction: str = "holm", n_boot: int = 1000,
                            seed: int = 0) -> list[Block]:
-    """The blocks of the "Predictability" section of a substitution report."""
+    """The blocks of the "Predictability" section of a substitution report.
+
+    Cells are predicted within one network: a frame holding several (one model on two datasets,
+    records of two studies' models) gets the analysis once per network, each under its name.
+    """
+    from opswap.analysis.tables import labelled
+
+    if correction not in CORRECTIONS:
+        raise ValueError(f"correction must be 'holm' or 'bh', not {correction!r}")
+    units = labelled(frame)["unit"] if len(frame) else pd.Series([], dtype=object)
+    networks = [u for u in units.unique() if u != "methods"]
+    if len(networks) < 2:
+        return _one_network(frame, features, metric=metric, correction=correction, n_boot=n_boot, seed=seed)
+    blocks = []
+    for network in networks:
+        blocks.append(Block("text", f"Network {network}:"))
+        blocks += _one_network(frame[(units == network).to_numpy()], None, metric=metric, correction=correction,
+                               n_boot=n_boot, seed=seed)
+    return blocks
+
+
+def _one_network(frame: pd.DataFrame, features: pd.DataFrame | None, *, metric: str, correction: str,
+                 n_boot: int, seed: int) -> list[Block]:
     if correction not in CORRECTIONS:
         raise ValueError(f"correction must be 'holm' or 'bh', not {correction!r}")
     cells_all = cell_frame(frame, features, metric=metric)

@@ -14,6 +14,7 @@ import hashlib
 import importlib.metadata
 import platform
 import sys
+import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -98,6 +99,13 @@ def _short_error(error) -> str:
 def sections(frame: pd.DataFrame, history: pd.DataFrame, context: ReportContext, *,
              results_dir: Path) -> tuple[list[str], dict[str, list[Block]]]:
     """Summary lines and the report's sections, in order."""
+    with warnings.catch_warnings():  # a cell pooling settings is said once, in the summary
+        warnings.simplefilter("ignore", tables.PooledSettingsWarning)
+        return _sections(frame, history, context, results_dir=results_dir)
+
+
+def _sections(frame: pd.DataFrame, history: pd.DataFrame, context: ReportContext, *,
+              results_dir: Path) -> tuple[list[str], dict[str, list[Block]]]:
     counts = frame["status"].value_counts().to_dict()
     expected, skipped, why, reference = context.expected, context.skipped, context.note, context.reference
     study, study_file, overrides = context.study, context.study_file, context.overrides
@@ -120,6 +128,7 @@ def sections(frame: pd.DataFrame, history: pd.DataFrame, context: ReportContext,
         sections["Assembly"] = assembly_blocks(frame)
         frame = frame[frame["picked_by"].isna() | (frame["status"] != "ok")]
         history = history[history["trial_id"].isin(frame["trial_id"])]
+    summary += tables.pooled_settings(frame, reference)
     ok = frame[frame["status"] == "ok"]
     sections["Settings"] = [Block("table", _settings_table(frame), "settings of the trials")]
     if context.study_text is not None:
@@ -163,11 +172,13 @@ def sections(frame: pd.DataFrame, history: pd.DataFrame, context: ReportContext,
         methods = ("method" in ok and ok["method"].notna().any()) or (ok["kind"] == "traditional").any()
         if methods or sparse:
             scores = tables.method_table(frame)
+            at = scores.attrs.get("data_fraction", float("nan"))
+            requirement = "" if at != at else f"; data requirement: accuracy at data fraction {at:g}, the same for every method"
             sections["Method comparison"] = [
                 Block("figure", figures.method_comparison(frame), "measured criteria, each "
                       "normalised so 1 = best method shown (higher is better)", "methods"),
                 Block("table", _method_grid(scores), "mean value (score) per method and measure; "
-                      "full training set, data requirement at the smallest fraction")]
+                      f"full training set{requirement}")]
         if sparse:
             sections["Sparsity"] = [Block("figure", figures.accuracy_vs_sparsity(frame),
                                           "test accuracy against target sparsity", "sparsity")]
