@@ -38,6 +38,7 @@ prepare() {
 CUDA_TESTS=(
     tests/test_precision.py
     tests/test_training.py::test_cuda_bf16_channels_last_learns
+    tests/test_resume.py::test_a_cuda_run_with_dropout_stopped_and_resumed_equals_an_uninterrupted_one
     tests/test_ensemble.py::test_cuda_ensemble_matches_separate_runs_closely
     tests/test_distill.py::test_cuda_distillation_matches_cpu_closely
     tests/test_study_runner.py::test_devices_this_machine_lacks_stop_a_local_run_before_anything_runs

@@ -283,6 +283,8 @@ def train(model: nn.Module, data: ImageData, config: TrainConfig, *, device=None
                 _step_scheduler(scheduler)
         batches.generator.set_state(state["data_rng"])
         torch.set_rng_state(state["torch_rng"])
+        if cuda and "cuda_rng" in state:
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
     forward = torch.compile(model) if use_compile(config.compile, device) else model
     bar = _progress(progress, total_steps, step)
     last_eval: dict[str, dict] = {}
@@ -554,6 +556,9 @@ def save_checkpoint(path, model, optimizer, pruner=None, *, epoch: int, step: in
     save_weights(model, path, {"checkpoint": token})
     state = {"optimizer": optimizer.state_dict(), "pruner": pruner.state_dict() if pruner is not None else {},
              "data_rng": data_rng, "torch_rng": torch.get_rng_state(), "token": token}
+    on = next((p.device for p in model.parameters()), torch.device("cpu"))
+    if on.type == "cuda":  # dropout and other draws on the GPU come from its own generator
+        state["cuda_rng"] = torch.cuda.get_rng_state(on)
     if scheduler is not None:
         state["scheduler"] = scheduler.state_dict()
     from opswap.atomic import atomic_path, write_text
@@ -601,6 +606,8 @@ def load_checkpoint(path, model, optimizer=None, pruner=None, *, scheduler=None,
         scheduler.load_state_dict(state["scheduler"])
     meta = json.loads(path.with_suffix(".json").read_text())
     out = {**meta, "data_rng": state["data_rng"].cpu(), "torch_rng": state["torch_rng"].cpu()}
+    if "cuda_rng" in state:
+        out["cuda_rng"] = state["cuda_rng"].cpu()
     if "scheduler" in state:
         out["scheduler"] = state["scheduler"]
     if out.get("precision") is None:

@@ -71,6 +71,39 @@ def test_a_run_stopped_inside_epochs_and_resumed_equals_an_uninterrupted_one(tmp
     same_weights(straight, model)
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_cuda_run_with_dropout_stopped_and_resumed_equals_an_uninterrupted_one(tmp_path, data):
+    """Dropout draws from the GPU's generator: the checkpoint carries its state too."""
+    def dropout_net(seed=0):
+        net = tiny(seed=seed)
+        return nn.Sequential(*list(net)[:-1], nn.Dropout(0.5), list(net)[-1])
+
+    config = replace(CONFIG, precision="fp32", compile=False)
+    torch.cuda.manual_seed(7)
+    straight = dropout_net()
+    full = train(straight, data, config, device="cuda")
+    ckpt = tmp_path / "run.safetensors"
+    torch.cuda.manual_seed(7)
+    first = train(dropout_net(), data, config, device="cuda", checkpoint=ckpt, resume=True, should_stop=StopAt(7))
+    assert first.status == "preempted" and "cuda_rng" in load_checkpoint(ckpt, tiny())
+    torch.cuda.manual_seed(12345)  # another state: only the checkpoint's can give the same draws
+    model = dropout_net(seed=99)
+    resumed = train(model, data, config, device="cuda", checkpoint=ckpt, resume=True, should_stop=lambda: False)
+    # cuDNN's backward need not be bit-exact between runs; other dropout masks would move the
+    # losses by far more than this.
+    for a, b in zip(untimed(resumed.history), untimed(full.history)):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+    for x, y in zip(straight.state_dict().values(), model.state_dict().values()):
+        assert torch.allclose(x.float().cpu(), y.float().cpu(), atol=1e-4)
+
+
+def test_a_cpu_checkpoint_carries_no_gpu_state(tmp_path, data):
+    ckpt = tmp_path / "run.safetensors"
+    assert train(tiny(), data, CONFIG, checkpoint=ckpt, should_stop=StopAt(3)).status == "preempted"
+    assert "cuda_rng" not in load_checkpoint(ckpt, tiny())
+
+
 def test_a_pruned_run_resumes_exactly_too(tmp_path, data):
     from opswap.sparse.layers import sparsify
 
