@@ -116,6 +116,25 @@ def test_exceptions_become_failed_records(tmp_path, npz):
     assert record["status"] == "failed" and "is not a safetensors file" in record["error"]
 
 
+def test_a_measurement_failing_after_training_keeps_the_trained_record(npz, monkeypatch, caplog):
+    """Out of memory at the latency batch is no reason to train the network again."""
+    import opswap.run.trial as trial_module
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(trial_module, "_latency", out_of_memory)
+    record = run_trial(quick(npz, sparsity=0.8, prune="static"), trial_id="l" * 12, study="t")
+    assert record["status"] == "ok" and record["error"] is None
+    m = record["metrics"]
+    assert m["test_acc"] is not None and m["latency_ms_b1"] is None and m["latency_ms_batch"] is None
+    assert m["measurement_error"] == "latency: RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"
+    assert m["deployed_ms_b1"] > 0  # the other measurements still ran
+    assert "latency measurement failed" in caplog.text
+    monkeypatch.undo()
+    assert "measurement_error" not in run_trial(quick(npz), trial_id="k" * 12, study="t")["metrics"]
+
+
 def test_exploding_learning_rate_is_recorded_as_diverged(npz):
     record = run_trial(quick(npz, optimizer="sgd", lr=1e12, epochs=2), trial_id="d" * 12, study="t")
     assert record["status"] == "diverged" and "loss became" in record["error"]

@@ -10,12 +10,15 @@ Mostafa & Wang 2019), trains it with `opswap.training.train`, measures it and re
 from __future__ import annotations
 
 import functools
+import logging
 import time
 import traceback
 from pathlib import Path
 
 from opswap.run.record import json_safe, new_record, now
 from opswap.run.spec import TrialSpec
+
+log = logging.getLogger(__name__)
 
 __all__ = ["run_trial", "check_inputs", "check_safetensors", "assembled_model"]
 
@@ -217,20 +220,39 @@ def _run(record, spec: TrialSpec, teacher, bank, device, progress, weights_path,
     metrics = {**result.metrics, "params": params, "macs": macs, "precision": result.precision,
                "op_params_count": pos.params if pos else None, "op_macs": pos.macs if pos else None}
     batch = spec.latency_batch_size
-    metrics.update(_latency(model, batch, device))
+    # The network is trained: a measurement that fails now (out of memory at the latency batch,
+    # a sparse kernel the device lacks) leaves its metrics null and says why, never discards
+    # the training (a failed trial is run again from scratch).
+    problems: list[str] = []
+    _measure(metrics, problems, "latency", lambda: _latency(model, batch, device),
+             {"latency_ms_b1": None, "latency_ms_b1_iqr": None, "latency_ms_batch": None,
+              "latency_ms_batch_iqr": None, "latency_batch_size": batch or None})
     if pruner is not None:
         from opswap.sparse import sparsity_report
 
         metrics.update(sparsity_report(model))
         if batch:
-            metrics.update(_deployed(model, batch, device, spec))
+            _measure(metrics, problems, "deployed form", lambda: _deployed(model, batch, device, spec), {})
     else:
         metrics.update(sparsity=0.0, layer_sparsity={}, nonzero_params=params, dense_bytes=4 * params,
                        csr_bytes=None)
     metrics.update(extra)
+    if problems:
+        metrics["measurement_error"] = "; ".join(problems)
     record.update(status=result.status, error=result.error, history=result.history, metrics=metrics)
     if spec.save_weights and weights_path is not None and result.status == "ok":
         save_weights(model, Path(weights_path), {"trial_id": record["trial_id"]})
+
+
+def _measure(metrics: dict, problems: list[str], what: str, measure, when_failed: dict) -> None:
+    """`metrics.update(measure())`; when it raises, `when_failed` instead and the error in `problems`."""
+    try:
+        metrics.update(measure())
+    except Exception as err:  # noqa: BLE001 - any failure of a measurement is reported, not raised
+        last = (traceback.format_exception_only(type(err), err)[-1]).strip()
+        problems.append(f"{what}: {last}")
+        log.warning("%s measurement failed (%s); the trained network's record is kept", what, last)
+        metrics.update(when_failed)
 
 
 def _latency(model, batch: int, device) -> dict:
