@@ -148,21 +148,21 @@ class MlflowSink:
         if _file_store(tracking_uri) is not None:
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         self.tracking_uri, self.study = tracking_uri, study
-        self.client = mlflow_client.MlflowClient(tracking_uri)
-        self.experiment_id = self._experiment(study)
-
-    def _experiment(self, name: str) -> str:
-        """The id of experiment `name`, made if missing. Runners that start together on one file
-        store each found it missing and made one, which left two experiments of one name (and a
-        later lookup saw only one's runs), so a file store finds or makes it under a file lock."""
-        store = _file_store(self.tracking_uri)
+        store = _file_store(tracking_uri)
         if store is None:
-            return self._find_or_create(name)
+            self.client = mlflow_client.MlflowClient(tracking_uri)
+            self.experiment_id = self._find_or_create(study)
+            return
+        # Runners that start together on one new file store race twice: opening it makes the
+        # default experiment (two writers of one meta.yaml: one fails), and each found the study's
+        # experiment missing and made one (two experiments of one name; a later lookup saw only
+        # one's runs). Both happen under one file lock.
         import filelock
 
         store.mkdir(parents=True, exist_ok=True)
         with filelock.FileLock(store / ".opswap-experiments.lock"):
-            return self._find_or_create(name)
+            self.client = mlflow_client.MlflowClient(tracking_uri)
+            self.experiment_id = self._find_or_create(study)
 
     def _find_or_create(self, name: str) -> str:
         for _ in range(3):
