@@ -1,5 +1,6 @@
 """One run from a spec to its record: the typed spec, trial ids, records, run_trial and `opswap train`."""
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -124,7 +125,9 @@ def test_a_measurement_failing_after_training_keeps_the_trained_record(npz, monk
         raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     monkeypatch.setattr(trial_module, "_latency", out_of_memory)
-    record = run_trial(quick(npz, sparsity=0.8, prune="static"), trial_id="l" * 12, study="t")
+    monkeypatch.setattr(logging.getLogger("opswap"), "propagate", True)  # the CLI may have turned it off
+    with caplog.at_level(logging.WARNING, logger="opswap"):
+        record = run_trial(quick(npz, sparsity=0.8, prune="static"), trial_id="l" * 12, study="t")
     assert record["status"] == "ok" and record["error"] is None
     m = record["metrics"]
     assert m["test_acc"] is not None and m["latency_ms_b1"] is None and m["latency_ms_batch"] is None
