@@ -15,12 +15,15 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import torch
 from torch import nn
 
 from opswap.models.wrn import WRNBlock, conv1x1, conv3x3
 
 __all__ = ["OpError", "OpInfo", "OpSpec", "register_op", "list_ops", "get_op", "parse_op", "create_op",
-           "DEFAULT_CANDIDATES", "op_family"]
+           "check_op", "MAX_OP_PARAMS", "DEFAULT_CANDIDATES", "op_family"]
+
+MAX_OP_PARAMS = 1_000_000_000  # the largest op built by name (as opswap.models.MAX_PARAMS for models)
 
 
 class OpError(ValueError):
@@ -176,14 +179,43 @@ def op_family(spec: str | tuple | OpSpec) -> str:
     return parse_op(spec).family
 
 
-def create_op(name: str | tuple | OpSpec, c_in: int, c_out: int, stride: int = 1, **params: Any) -> nn.Module:
-    """Build an op for a position with the given shape contract."""
+def check_op(name: str | tuple | OpSpec, c_in: int, c_out: int, stride: int = 1, **params: Any) -> OpSpec:
+    """Refuse, without allocating anything, an op that cannot be built for this shape contract.
+
+    The op is built on PyTorch's meta device (shapes only, no memory), so a parameter its factory
+    refuses (`mbconv_e0`) and a size no machine holds (`bottleneck_e99999999`: over
+    `MAX_OP_PARAMS` parameters) are refused in milliseconds, before any work starts. A factory
+    that cannot run on the meta device is checked when it is really built.
+    """
     spec = parse_op(name, **params)
     info = _REGISTRY[spec.family]
     if info.same_shape_only and (c_in != c_out or stride != 1):
         raise OpError(f"op {spec.name!r} needs c_in == c_out and stride 1 (it cannot change the "
                       f"shape), but this position maps {c_in}→{c_out} channels with stride {stride}")
-    return info.factory(c_in, c_out, stride, **spec.kwargs)
+    try:
+        with torch.device("meta"):
+            module = info.factory(c_in, c_out, stride, **spec.kwargs)
+    except OpError:
+        raise
+    except (ValueError, TypeError) as err:
+        raise OpError(f"op {spec.name!r} cannot be built for {c_in}→{c_out} channels, stride {stride}: {err}") from err
+    except Exception as err:  # noqa: BLE001 - e.g. a factory that needs real tensors (calls .item())
+        if "overflow" in str(err).lower():  # a tensor whose byte size does not fit in 64 bits
+            raise OpError(f"op {spec.name!r} is too large to build at this position ({c_in}→{c_out} channels: "
+                          "a tensor of it would exceed 2**63 bytes); choose smaller parameters") from err
+        return spec
+    count = sum(p.numel() for p in module.parameters())
+    if count > MAX_OP_PARAMS:
+        raise OpError(f"op {spec.name!r} would have {count:.2g} parameters at this position ({c_in}→{c_out} "
+                      f"channels; {4 * count / 2**30:,.0f} GiB in fp32), over the {MAX_OP_PARAMS:.0e} an op is "
+                      "built with; choose smaller parameters")
+    return spec
+
+
+def create_op(name: str | tuple | OpSpec, c_in: int, c_out: int, stride: int = 1, **params: Any) -> nn.Module:
+    """Build an op for a position with the given shape contract (checked first: `check_op`)."""
+    spec = check_op(name, c_in, c_out, stride, **params)
+    return _REGISTRY[spec.family].factory(c_in, c_out, stride, **spec.kwargs)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -37,6 +37,20 @@ OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("cosine", "step", "onecycle", "constant")
 
 
+MAX_SEED = 2**63 - 1  # the largest seed torch.manual_seed and numpy's generators all take
+
+
+def non_finite_fields(config: Any) -> list[str]:
+    """Names of the float-typed fields of a dataclass holding NaN or ±inf (in a tuple too)."""
+    out = []
+    for f in fields(config):
+        value = getattr(config, f.name)
+        values = value if isinstance(value, tuple) else (value,)
+        if "float" in str(f.type) and any(isinstance(v, float) and not math.isfinite(v) for v in values):
+            out.append(f.name)
+    return out
+
+
 def coerce_float_fields(config: Any) -> None:
     """Set every int given for a float-typed field of a frozen dataclass to its float.
 
@@ -80,6 +94,10 @@ class TrainConfig:
             raise ValueError(f"train setting {key} = {getattr(self, key)!r} is invalid; allowed: {allowed}")
 
         coerce_float_fields(self)
+        for key in non_finite_fields(self):
+            bad(key, "a finite number")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
+            bad("seed", "an integer in [0, 2**63 - 1]")
 
         if self.optimizer not in OPTIMIZERS:
             bad("optimizer", " | ".join(OPTIMIZERS))

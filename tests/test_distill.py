@@ -390,3 +390,13 @@ def test_cli_distils_scores_resumes_and_refuses_to_overwrite(tmp_path, random_te
                                            (3, "baseline"), (3, "conv_bn_e1")]
     assert cli_main(base + ["--positions", "2", "--ops", "identity", "--resume"]) == 2
     assert "does not fit position 2" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("settings, words", [({"lr": float("inf")}, "lr must be a finite number"),
+                                             ({"seed": 2**64}, r"seed must be an integer in \[0, 2\*\*63 - 1\]"),
+                                             ({"weight_decay": float("nan")}, "weight_decay must be a finite")])
+def test_distill_config_refuses_non_finite_numbers_and_huge_seeds(settings, words):
+    from opswap.distill.engine import DistillConfig
+
+    with pytest.raises(ValueError, match=words):
+        DistillConfig(**settings)

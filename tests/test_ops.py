@@ -105,3 +105,24 @@ def test_register_op_and_duplicate_is_an_error():
 def test_bad_op_requests_name_what_is_allowed(spec, params, match):
     with pytest.raises(OpError, match=match):
         create_op(spec, 16, 16, 1, **params)
+
+
+@pytest.mark.parametrize("name, words", [
+    ("bottleneck_e99999999", "too large to build"),      # a tensor past 2**63 bytes
+    ("bottleneck_e999999", "parameters at this position"),  # over MAX_OP_PARAMS
+    ("mbconv_e0", "must be >= 1"),                       # refused by the factory itself
+    ("mbconv_e4_k4", "must be odd"),
+])
+def test_check_op_refuses_without_allocating(name, words):
+    """These would ask for terabytes or fail inside the factory; the check builds on the meta device."""
+    from opswap.ops import check_op
+
+    with pytest.raises(OpError, match=words):
+        check_op(name, 16, 16, 1)
+
+
+def test_an_op_that_fits_in_memory_passes_the_check_and_builds():
+    from opswap.ops import check_op
+
+    assert check_op("mbconv_e3_k5", 16, 32, 2).name == "mbconv_e3_k5"
+    assert count_params(create_op("mbconv_e3_k5", 16, 32, 2)) > 0

@@ -92,3 +92,14 @@ def test_a_record_of_another_schema_is_never_taken_for_corrupt(tmp_path):
         load_record(tmp_path, "abc")
     (tmp_path / "bad.json").write_text(json.dumps({"trial_id": "bad", "settings": {}, "attempt": [1]}))
     assert load_record(tmp_path, "bad") is CORRUPT
+
+
+def test_a_record_with_a_seed_past_int64_does_not_break_loading(tmp_path):
+    """Records written by hand or by an older opswap may hold any JSON integer."""
+    from record_factory import make_record, write_records
+
+    huge = make_record(test_acc=90.0, seed=0)
+    huge["settings"]["seed"] = 99999999999999999999
+    huge["trial_id"] = "a" * 12
+    frame = load_results(write_records(tmp_path / "r", [huge, make_record(test_acc=91.0, seed=1)]))
+    assert len(frame) == 2 and sorted(frame["seed"].tolist()) == [1.0, 99999999999999999999.0]

@@ -222,3 +222,12 @@ def test_train_settings_are_checked_against_the_studys_own_epochs(tmp_path):
                     'train = { lr = 0.05 }\n')
     with pytest.raises(StudyError, match=r"methods\[0\]\.train\.warmup_epochs.*epochs=6"):
         load_study(path)
+
+
+@pytest.mark.parametrize("candidate, words", [("mbconv_e0_k3", "must be >= 1"),
+                                              ("bottleneck_e99999999", "too large to build")])
+def test_a_candidate_that_cannot_be_built_is_refused_before_anything_runs(tmp_path, candidate, words):
+    path = tmp_path / "study.toml"
+    path.write_text(TINY + f'init = ["scratch"]\npositions = [1]\ncandidates = ["baseline", "{candidate}"]\n')
+    with pytest.raises(StudyError, match=rf"candidates\[1\]: .*{words}.*\(position 1\)"):
+        load_study(path)

@@ -57,6 +57,8 @@ def test_spec_fills_and_resolves_everything():
     ({"op": "mbconv"}, "position"), ({"optimizer": "lbfgs"}, "optimizer"), ({"sparsity": 1.5}, "sparsity"),
     ({"model": "wrn-11-1"}, "6n"), ({"data_fraction": 0.0}, "data_fraction"), ({"position": 7, "op": "mbconv"}, "1..6"),
     ({"epochs": 0}, "epochs"), ({"dataset": "npz"}, "needs data"), ({"seed": True}, "seed"),
+    ({"seed": 2**64}, r"seed.*2\*\*63"), ({"lr": float("inf")}, "lr = inf .* finite"),
+    ({"position": 1, "op": "mbconv_e0"}, "must be >= 1"), ({"position": 1, "op": "bottleneck_e99999999"}, "too large"),
 ])
 def test_spec_rejects_bad_values(overrides, word):
     with pytest.raises(ValueError, match=word):

@@ -102,7 +102,11 @@ def _typed(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     frame = frame[columns + [c for c in frame.columns if c not in columns]].copy()
     for column in _INTEGER_COLUMNS:
         if column in frame:
-            frame[column] = pd.to_numeric(frame[column], errors="coerce").round().astype("Int64")
+            numbers = pd.to_numeric(frame[column], errors="coerce")
+            try:
+                frame[column] = numbers.round().astype("Int64")
+            except (TypeError, ValueError, OverflowError):  # a value past int64 (a hand-written seed): kept as float
+                frame[column] = numbers.astype("float64")
     for column in _FLOAT_COLUMNS + HISTORY_COLUMNS[1:]:
         if column in frame and column not in _INTEGER_COLUMNS:
             frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("float64")

@@ -30,7 +30,7 @@ from opswap.allocator import keep_freed_memory
 from opswap.distill.bank import BankEntry, WeightBank, teacher_fingerprint
 from opswap.substitution import positions, valid_ops
 from opswap.precision import PRECISIONS, autocast, memory_format, resolve_precision
-from opswap.training import coerce_float_fields
+from opswap.training import MAX_SEED, coerce_float_fields, non_finite_fields
 
 __all__ = ["DistillConfig", "distill_bank", "normalised_mse", "valid_pairs", "resolve_device"]
 
@@ -59,7 +59,9 @@ class DistillConfig:
 
     def __post_init__(self) -> None:
         coerce_float_fields(self)
-        problems = []
+        problems = [f"{key} must be a finite number, got {getattr(self, key)!r}" for key in non_finite_fields(self)]
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
+            problems.append(f"seed must be an integer in [0, 2**63 - 1], got {self.seed!r}")
         if not isinstance(self.steps, int) or self.steps < 1:
             problems.append(f"steps must be an integer >= 1, got {self.steps!r}")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:

@@ -19,9 +19,9 @@ from typing import Any, Literal, get_args
 
 from opswap.data import DATASETS
 from opswap.distill.engine import DistillConfig
-from opswap.ops import parse_op
+from opswap.ops import check_op, parse_op
 from opswap.sparse.methods import PRUNE_METHODS, check_prune_options
-from opswap.training import TrainConfig
+from opswap.training import MAX_SEED, TrainConfig
 
 __all__ = ["TrialSpec", "PruneConfig", "Init", "TrialKind", "INITS", "TRIAL_KINDS", "trial_id_for", "file_identity",
            "model_positions", "TRAIN_KEYS", "ASSEMBLY_KEYS"]
@@ -134,8 +134,10 @@ class TrialSpec:
             raise ValueError(f"dataset {self.dataset!r} needs data (the .npz file or the image folder)")
         for key in ("seed", "epochs", "latency_batch_size"):
             value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < (1 if key == "epochs" else 0):
-                bad(key, value, "an integer >= 1" if key == "epochs" else "an integer >= 0")
+            if isinstance(value, bool) or not isinstance(value, int) or value < (1 if key == "epochs" else 0) \
+                    or (key == "seed" and value > MAX_SEED):
+                bad(key, value, "an integer >= 1" if key == "epochs" else
+                    "an integer in [0, 2**63 - 1]" if key == "seed" else "an integer >= 0")
         if not isinstance(self.data_fraction, (int, float)) or not 0.0 < self.data_fraction <= 1.0:
             bad("data_fraction", self.data_fraction, "a fraction in (0, 1]")
         if not isinstance(self.val_fraction, (int, float)) or not 0.0 <= self.val_fraction < 1.0:
@@ -205,10 +207,11 @@ class TrialSpec:
                                  f"1..{len(table)}")
             if op == "baseline":
                 raise ValueError(f"assignment position {position}: list only replaced positions, not 'baseline'")
+            p = table[position - 1]
             if op not in valid_ops(model, position, [op]):
-                p = table[position - 1]
                 raise ValueError(f"assignment: op {op!r} does not fit position {position} of {self.model} "
                                  f"({p.c_in}→{p.c_out} channels, stride {p.stride})")
+            check_op(op, p.c_in, p.c_out, p.stride)
 
     def _check_network(self) -> None:
         """The model exists, the position is in range and the op fits there."""
@@ -227,6 +230,9 @@ class TrialSpec:
             p = table[self.position - 1]
             raise ValueError(f"op {self.op!r} does not fit position {self.position} of {self.model} "
                              f"({p.c_in}→{p.c_out} channels, stride {p.stride})")
+        if self.op != "baseline":  # its parameters build there, at a size that fits in memory
+            p = table[self.position - 1]
+            check_op(self.op, p.c_in, p.c_out, p.stride)
         if self.init == "teacher" and self.op != "baseline":
             raise ValueError(f"init 'teacher' trains the unmodified teacher; op {self.op!r} at position "
                              f"{self.position} needs init 'lana' (weight bank) or 'random'")

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from opswap.data import DATASETS, check_dataset
 from opswap.run.spec import model_positions
+from opswap.training import MAX_SEED
 from opswap.sparse.methods import PRUNE_METHODS, check_prune_options
 from opswap.study.assembly import assembly_settings
 from opswap.study.schema import (_EXPECTED, _METHOD_KEYS, _NAME, STUDY_INITS, STUDY_KINDS, Candidate, Method,
@@ -130,8 +131,8 @@ def _resolve(f: StudyFile, problems: Problems, source: str) -> Study:
         _image_size_ok(problems, "data", info)
     if kind != "methods" and f.model is None:
         problems.add("model", f"missing; {_EXPECTED['model']}")
-    if not f.seeds or any(s < 0 for s in f.seeds) or len(set(f.seeds)) != len(f.seeds):
-        problems.add("seeds", f"{f.seeds!r} is not allowed; seeds are distinct non-negative integers, e.g. [0, 1, 2]")
+    if not f.seeds or any(not 0 <= s <= MAX_SEED for s in f.seeds) or len(set(f.seeds)) != len(f.seeds):
+        problems.add("seeds", f"{f.seeds!r} is not allowed; seeds are distinct integers in [0, 2**63 - 1], e.g. [0, 1, 2]")
     if not f.epochs or any(e <= 0 for e in f.epochs):
         problems.add("epochs", f"{f.epochs!r} is not allowed; epochs are positive integers, e.g. [25, 50]")
     for key, hint in (("init", '["lana"]'), ("sparsity", "[0.0]"), ("data_fraction", "[1.0]")):
@@ -185,6 +186,7 @@ def _resolve(f: StudyFile, problems: Problems, source: str) -> Study:
     if f.model is not None and _model_ok(problems, "model", f.model) and kind in ("substitution", "assemble"):
         positions = _positions(problems, f.positions, f.model, num_classes)
         candidates = _candidates(problems, f.candidates)
+        _candidates_build(problems, f.model, num_classes, positions, candidates, f.candidates)
     needs_teacher = kind == "assemble" or (kind == "substitution" and any(i != "scratch" for i in f.init))
     assembly = assembly_settings(problems, f, kind, positions)  # {} unless kind = "assemble"
     if needs_teacher and not teacher.train and teacher.checkpoint is None:
@@ -208,7 +210,7 @@ def _table(problems: Problems, key: str, table: dict, cls):
         expected = {"workers": 'a positive integer or "auto"', "address": 'a scheduler address, e.g. "tcp://10.0.0.1:8786"',
                     "devices": '"auto", "cpu", "cuda" or a list such as ["cuda:0", "cuda:1"]',
                     "retries": "a non-negative integer (0 = no retry)", "stale_after": "seconds, a positive number",
-                    "epochs": "a positive integer, e.g. 200", "seed": "a non-negative integer",
+                    "epochs": "a positive integer, e.g. 200", "seed": "an integer in [0, 2**63 - 1]",
                     "train": "true or false", "checkpoint": "a path string",
                     "order": '"plan" (as listed), "promising" (highest predicted Δ first) or "informative" '
                              '(least measured, most uncertain first)',
@@ -273,6 +275,29 @@ def _candidates(problems: Problems, items: list | None) -> tuple[Candidate, ...]
     if not out and not problems.has("candidates"):
         problems.add("candidates", "the list is empty; name at least one op (see `opswap ops`)")
     return tuple(out)
+
+
+def _candidates_build(problems: Problems, model: str, num_classes: int, positions: tuple[int, ...],
+                      candidates: tuple[Candidate, ...], items) -> None:
+    """Each candidate builds, at every study position it fits, at a size that fits in memory
+    (`opswap.ops.check_op`: on the meta device, nothing allocated)."""
+    from opswap.ops import OpError, check_op, get_op
+
+    table = model_positions(model, num_classes)[1]
+    names = [c if isinstance(c, str) else c.get("name") for c in (items or [])] if items not in (None, ["all"]) else []
+    for i, cand in enumerate(candidates):
+        if cand.family == "baseline":
+            continue
+        for index in positions:
+            p = table[index - 1]
+            if get_op(cand.family).same_shape_only and (p.c_in != p.c_out or p.stride != 1):
+                continue  # skipped there, with the reason (expansion)
+            try:
+                check_op(cand.name, p.c_in, p.c_out, p.stride)
+            except OpError as err:
+                where = f"candidates[{names.index(cand.name) if cand.name in names else i}]"
+                problems.add(where, f"{err} (position {index})")
+                break
 
 
 def _positions(problems: Problems, value, model: str, num_classes: int) -> tuple[int, ...]:

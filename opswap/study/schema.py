@@ -25,7 +25,7 @@ from opswap.data import DATASETS
 from opswap.distill.engine import DistillConfig
 from opswap.sparse.methods import PRUNE_METHODS
 from opswap.track import SINKS
-from opswap.training import TrainConfig
+from opswap.training import MAX_SEED, TrainConfig
 
 __all__ = ["StudyError", "Candidate", "Method", "TeacherConfig", "RunConfig", "PredictConfig", "SlurmConfig", "SLURM_CLUSTERS", "Study", "StudyFile",
            "parse_overrides", "apply_override", "check_table", "STUDY_KINDS", "BACKENDS", "STUDY_INITS"]
@@ -73,7 +73,7 @@ class TeacherConfig(_Table):
 
     train: bool = True
     epochs: Annotated[int, Field(gt=0)] = 200
-    seed: Annotated[int, Field(ge=0)] = 0
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED)] = 0
     checkpoint: str | None = None
 
 
@@ -179,7 +179,7 @@ class PredictConfig(_Table):
     batches: Annotated[int, Field(ge=1)] = 2  # batches of training images the proxies see
     batch_size: Annotated[int, Field(ge=2)] = 64
     heldout_batches: Annotated[int, Field(ge=0)] = 4  # held-out batches for the distillation loss; 0: skip
-    seed: Annotated[int, Field(ge=0)] = 0
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED)] = 0
     correction: Literal["holm", "bh"] = "holm"  # over the many predictors of a CV scheme
 
     @field_validator("proxies")
