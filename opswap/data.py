@@ -129,6 +129,16 @@ def check_dataset(name: str, root: str | os.PathLike | None = None, *, download:
     return DatasetInfo(10, (32, 32))  # synthetic
 
 
+def fetch_dataset(name: str, root: str | os.PathLike | None = None) -> None:
+    """Download a CIFAR dataset whose files are missing under `root` (nothing for other datasets,
+    or when they are there), so a command can refuse an unreachable download before it writes
+    anything. Raises FileNotFoundError saying what is missing and why the download failed."""
+    if name in ("cifar10", "cifar100"):
+        path = _dataset_path(name, root)
+        if _cifar_missing(name, path, True):
+            _cifar_download(name, path)
+
+
 def _dataset_path(name: str, root: str | os.PathLike | None) -> Path | None:
     """The path `name` is read from; refuses an unknown name and npz/folder without a path."""
     if name not in DATASETS:
@@ -318,7 +328,11 @@ def _cifar_files(name: str) -> tuple[list[str], list[str], str]:
 
 
 def _cifar_missing(name: str, root: Path, download: bool) -> list[str]:
-    """The CIFAR files absent under `root`; refuses when some are and downloading is off."""
+    """The CIFAR files absent under `root`; refuses when some are and downloading is off, and a
+    root that is a file (nothing can be read or downloaded there)."""
+    if root.exists() and not root.is_dir():
+        raise NotADirectoryError(f"{name}: {root} is a file; --data for {name} is the folder that holds (or will "
+                                 f"hold) {_cifar_base(name).base_folder}/")
     base = _cifar_base(name)
     folder = root / base.base_folder
     train, test, meta = _cifar_files(name)

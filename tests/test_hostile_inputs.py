@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -104,15 +105,15 @@ OPTIONS = {
     "--data-fraction": st.sampled_from(["1", "0.5", "0", "1.5", "nan", "x"]),
     "--val-fraction": st.sampled_from(["0", "0.2", "1", "-0.1"]),
     "--batch-size": st.sampled_from(["32", "0", "-1", "3.5"]),
-    "--lr": st.sampled_from(["0.01", "0", "-1", "1e-3"]),
+    "--lr": st.sampled_from(["0.01", "0", "-1", "1e-3", "inf"]),
     "--position": st.sampled_from(["1", "0", "3", "99", "a"]),
-    "--op": st.sampled_from(["mbconv", "identity", "mbconf", "conv_bn_e2", "bottleneck_e0"]),
+    "--op": st.sampled_from(["mbconv", "identity", "mbconf", "conv_bn_e2", "bottleneck_e0", "bottleneck_e99999999"]),
     "--sparsity": st.sampled_from(["0", "0.5", "1", "-0.2"]),
     "--prune": st.sampled_from(["dsr", "static", "gradual", "magic"]),
     "--prune-option": st.sampled_from(["period=5", "perod=5", "period=0", "nonsense"]),
     "--init": st.sampled_from(["scratch", "lana", "random", "imagenet"]),
     "--teacher": st.sampled_from(["missing.safetensors", "NOTSAFE"]),
-    "--seed": st.sampled_from(["0", "-1", "x"]),
+    "--seed": st.sampled_from(["0", "-1", "x", "18446744073709551616"]),
     "--label-smoothing": st.sampled_from(["0", "0.1", "1.5"]),
     "--optimizer": st.sampled_from(["sgd", "adam", "lbfgs"]),
 }
@@ -213,3 +214,32 @@ def test_a_read_only_results_root_is_refused_up_front(tmp_path, capsys):
         assert "not writable" in capsys.readouterr().err
     finally:
         ro.chmod(0o700)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--model", "wrn-10-1", "--dataset", "synthetic", "--prune", "nm"], "prunes nothing at --sparsity 0"),
+    (["train", "--model", "wrn-10-1", "--dataset", "synthetic", "--seed", str(2**64)], r"2\*\*63 - 1"),
+    (["train", "--model", "wrn-10-1", "--dataset", "synthetic", "--lr", "inf"], "a finite number"),
+    (["train", "--model", "wrn-10-1", "--dataset", "synthetic", "--position", "1", "--op", "mbconv_e0"], ">= 1"),
+    (["positions", "wrn-10-1", "--ops", "bottleneck_e99999999"], "too large to build"),
+    (["positions", "wrn-10-1", "--ops", ""], "names no op"),
+    (["worker", "study.toml", "--margin", "nan"], "--margin must be a number >= 1"),
+    (["worker", "study.toml", "--wait", "--poll", "-1"], "--poll must be a positive number"),
+    (["export-csr", "weights.safetensors", "--model", "wrn-16-1"], "does not fit --model wrn-16-1: 36 tensors missing"),
+    (["export-csr", "weights.safetensors", "--model", "wrn-10-1", "--out", "."], "is a folder; give the file"),
+    (["assemble", ".", "--teacher", "weights.safetensors", "--model", "wrn-10-1", "--dataset", "synthetic",
+      "--budget", "params=0.5"], "is a directory"),
+])
+def test_more_requests_are_refused_with_one_line_and_nothing_written(tmp_path, capsys, monkeypatch, argv, message):
+    from opswap.models import build_model
+    from opswap.training import save_weights
+
+    monkeypatch.chdir(tmp_path)
+    save_weights(build_model("wrn-10-1"), tmp_path / "weights.safetensors")
+    (tmp_path / "study.toml").write_text('name = "s"\nmodel = "wrn-10-1"\ndataset = "synthetic"\n'
+                                        'init = ["scratch"]\nepochs = [1]\n')
+    before = set(_files(tmp_path))
+    assert _run(argv) == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err) and "Traceback" not in err, err
+    assert set(_files(tmp_path)) == before

@@ -2,7 +2,6 @@
 and the runner, with real (tiny) training. A resumed run must equal an uninterrupted one."""
 import json
 import logging
-import threading
 from dataclasses import replace
 
 import numpy as np
@@ -188,7 +187,7 @@ def test_run_trial_preempted_then_resumed_gives_the_uninterrupted_record(tmp_pat
         assert second["metrics"][key] == plain["metrics"][key], key
 
 
-def test_sigterm_mid_trial_then_the_runner_resumes_it_to_the_uninterrupted_history(tmp_path, npz):
+def test_sigterm_mid_trial_then_the_runner_resumes_it_to_the_uninterrupted_history(tmp_path, npz, monkeypatch):
     import os
     import signal
 
@@ -199,12 +198,17 @@ def test_sigterm_mid_trial_then_the_runner_resumes_it_to_the_uninterrupted_histo
     ctx = execute.TrialContext("s", str(tmp_path), None, devices=("cpu",), retries=0, threads=1)
     stop.clear_stop()
     before = signal.getsignal(signal.SIGTERM)
-    timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM))  # what SLURM sends on pre-emption
-    timer.start()
-    try:
-        outcome = execute.execute_trial(trial, ctx)
-    finally:
-        timer.cancel()
+    real, polls = stop.stop_requested, []
+
+    def poll() -> bool:  # a real SIGTERM (what SLURM sends on pre-emption), at a known step of training
+        polls.append(1)
+        if len(polls) == 8:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real()
+
+    monkeypatch.setattr(stop, "stop_requested", poll)
+    outcome = execute.execute_trial(trial, ctx)
+    monkeypatch.setattr(stop, "stop_requested", real)
     assert signal.getsignal(signal.SIGTERM) == before  # the runner's handler is gone again
     record = load_record(tmp_path, trial.trial_id)
     assert outcome.status == "preempted", record.get("error")

@@ -63,3 +63,13 @@ def test_dask_backend_end_to_end(tmp_path):
     # The same study on local processes afterwards finds everything done.
     again = run_study(study, results_dir=tmp_path / "results", trial_fn=pid_trial, workers=1, progress=False)
     assert again.summary.counts == {}
+
+
+def test_an_unreachable_scheduler_is_refused_before_anything_runs():
+    pytest.importorskip("distributed")
+    from opswap.study.execute import check_scheduler
+
+    with pytest.raises(ValueError, match=r"run.address 'tcp://127.0.0.1:1': no dask scheduler answered within 1 s"):
+        check_scheduler("dask", "tcp://127.0.0.1:1", timeout=1)
+    check_scheduler("loky", "tcp://127.0.0.1:1")  # other backends need no scheduler
+    check_scheduler("dask", None)  # a local cluster is started by the run itself

@@ -192,6 +192,42 @@ def test_opswap_train_command(tmp_path, npz, capsys):
     assert main(["train", "--model", "tf-cnn", "--dataset", "npz", "--out", str(tmp_path)]) == 2
 
 
+def test_opswap_train_refuses_a_cifar_root_it_cannot_read_or_download_and_writes_nothing(tmp_path, capsys,
+                                                                                        monkeypatch):
+    import opswap.data
+    from opswap.cli import main
+
+    def offline(name, root):
+        raise FileNotFoundError(f"{name}: downloading failed (offline); pass --data with a root that holds it")
+
+    monkeypatch.setattr(opswap.data, "_cifar_download", offline)
+    (tmp_path / "afile").write_text("not a folder")
+    (tmp_path / "empty").mkdir()
+    out = tmp_path / "out"
+    common = ["train", "--model", "wrn-10-1", "--dataset", "cifar10", "--epochs", "1", "--out", str(out)]
+    assert main(common + ["--data", str(tmp_path / "afile")]) == 2
+    assert "is a file; --data for cifar10 is the folder" in capsys.readouterr().err
+    assert main(common + ["--data", str(tmp_path / "empty")]) == 2
+    assert "downloading failed (offline)" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_a_failed_run_prints_one_line_and_keeps_the_traceback_in_the_record(tmp_path, npz, capsys, monkeypatch):
+    import opswap.run.trial as trial_module
+    from opswap.cli import main
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the dataset broke half-way")
+
+    monkeypatch.setattr(trial_module, "_build", broken)
+    code = main(["train", "--model", "wrn-10-1", "--dataset", "npz", "--data", npz, "--epochs", "1",
+                 "--out", str(tmp_path / "out"), "--no-progress", "--latency-batch-size", "0"])
+    out = capsys.readouterr().out
+    assert code == 1 and "status failed: RuntimeError: the dataset broke half-way\nrecord:" in out
+    (path,) = (tmp_path / "out").glob("*.json")
+    assert 'File "' in read_record(path)["error"]  # the record keeps the traceback's last lines
+
+
 def test_opswap_train_refuses_a_val_split_that_holds_out_nothing_before_running(tmp_path, capsys):
     from opswap.cli import main
 

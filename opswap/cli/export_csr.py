@@ -36,6 +36,15 @@ def _model_for(args: argparse.Namespace, state: dict[str, torch.Tensor]) -> nn.M
         from opswap.substitution import swap
 
         model = swap(model, {args.position: args.op})
+    expected = set(model.state_dict())
+    given = {key for key in state if not key.endswith(".mask")}
+    if expected != given:  # another model's weights: say so before any layer is looked up
+        missing, unexpected = sorted(expected - given), sorted(given - expected)
+        what = f" with {args.op} at position {args.position}" if args.op else ""
+        raise ValueError(f"{args.weights} does not fit --model {args.model}{what}: {len(missing)} tensors missing "
+                         f"(e.g. {', '.join(missing[:3]) or 'none'}), {len(unexpected)} unexpected "
+                         f"(e.g. {', '.join(unexpected[:3]) or 'none'}); saved from another model, or "
+                         "another --position/--op?")
     masked = {key[: -len(".mask")] for key in state if key.endswith(".mask")}
     candidates = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     if masked:
@@ -65,6 +74,11 @@ def main(args: argparse.Namespace) -> int:
     check_safetensors(source, "weights file")
     model = _model_for(args, load_file(str(source)))
     out = Path(args.out) if args.out else source.with_name(source.stem + ".csr.safetensors")
+    if out.is_dir():
+        raise ValueError(f"--out {str(out)!r} is a folder; give the file to write, e.g. "
+                         f"{str(out / (source.stem + '.csr.safetensors'))!r}")
+    if not out.parent.is_dir():
+        raise ValueError(f"--out {str(out)!r}: its folder {str(out.parent)!r} does not exist")
     if out.exists() and out.resolve() == source.resolve():
         raise ValueError(f"--out {str(out)!r} is the weights file itself; the CSR export is written beside it, "
                          "not over it: give another --out")

@@ -18,7 +18,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    candidates = [c.strip() for c in args.ops.split(",") if c.strip()] if args.ops else None
+    candidates = [c.strip() for c in args.ops.split(",") if c.strip()] if args.ops is not None else None
+    if candidates == []:
+        raise ValueError(f"--ops {args.ops!r} names no op; give a comma-separated list such as mbconv,identity, "
+                         "or leave --ops out for the study's seven")
     rows = positions_table(args.model, args.num_classes, candidates)
     if not rows:
         print(f"{args.model} has no block positions (nothing to substitute; its layers can still be "

@@ -66,6 +66,9 @@ def main(args: argparse.Namespace) -> int:
         check_writable_dir(Path(args.reports) / study.name, "the report", "--reports")
     if study.run.backend == "slurm":
         return _slurm(args, study, root)
+    from opswap.study.execute import check_scheduler
+
+    check_scheduler(study.run.backend, study.run.address)  # before the teacher trains for hours
     result = run_study(study, results_dir=args.results, workers=args.workers, retry_failed=args.retry_failed,
                        progress=not args.no_progress)
     if not args.no_report and result.summary_csv:

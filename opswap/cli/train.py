@@ -70,6 +70,9 @@ def spec_from_args(args: argparse.Namespace, num_classes: int | None = None) -> 
              "normalize": args.normalize, "augment": not args.no_augment, "compile": args.compile,
              "precision": args.precision}
     options = dict(parse_overrides(args.prune_option, "--prune-option", "--prune-option period=50"))
+    if args.prune != "none" and args.sparsity == 0:
+        raise ValueError(f"--prune {args.prune} prunes nothing at --sparsity 0 (the run would be dense): give "
+                         "--sparsity, e.g. --sparsity 0.5, or leave --prune out for a dense run")
     try:
         return TrialSpec.create(
             model=args.model, dataset=args.dataset, data=args.data, epochs=args.epochs, seed=args.seed,
@@ -107,6 +110,9 @@ def check_request(args: argparse.Namespace, spec: TrialSpec) -> None:
     resolve_device(args.device)  # a device this machine lacks is refused before any work
     check_inputs(spec, teacher=args.teacher, bank=args.bank)
     check_writable_dir(args.out, "the record", "--out")
+    from opswap.data import fetch_dataset
+
+    fetch_dataset(args.dataset, args.data)  # CIFAR's files, downloaded now if missing: a failure writes nothing
 
 
 def main(args: argparse.Namespace) -> int:
@@ -133,8 +139,11 @@ def main(args: argparse.Namespace) -> int:
         print(f"{spec.model} on {spec.dataset}: test acc {m['test_acc']:.2f} %, "
               f"test loss {m['test_loss']:.4f}, best {m['best_test_acc']:.2f} %, params {m['params']:,}, "
               f"{record['timing']['seconds']:.1f} s")
-    else:
-        print(f"status {record['status']}: {record['error']}")
+    else:  # one line: the reason (the record's error holds the traceback's last lines)
+        lines = [line.strip() for line in str(record["error"] or "").splitlines() if line.strip()]
+        print(f"status {record['status']}: {lines[-1] if lines else 'no reason recorded'}")
+    if m.get("measurement_error"):
+        print(f"note: measurement failed after training: {m['measurement_error']}")
     print(f"record: {record_path(out, trial_id)}")
     # A diverged run is a result (its record says so); only a run that failed exits 1.
     return 1 if record["status"] == "failed" else 0

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from opswap.cli._common import add_study_arguments, check_writable_dir
@@ -25,10 +26,12 @@ def main(args: argparse.Namespace) -> int:
     from opswap.study.load import load_study
     from opswap.study.worker import run_worker
 
-    if args.until is not None and args.until <= 0:
+    if args.until is not None and not 0 < args.until < math.inf:
         raise ValueError(f"--until must be a positive number of seconds, got {args.until:g}")
-    if args.margin < 1:
-        raise ValueError(f"--margin must be at least 1, got {args.margin:g}")
+    if not 1 <= args.margin < math.inf:
+        raise ValueError(f"--margin must be a number >= 1, got {args.margin:g}")
+    if not 0 < args.poll < math.inf:
+        raise ValueError(f"--poll must be a positive number of seconds, got {args.poll:g}")
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
     study = load_study(args.study, args.overrides)

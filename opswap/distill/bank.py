@@ -179,6 +179,8 @@ class WeightBank:
         from safetensors import SafetensorError, safe_open
 
         path = Path(path)
+        if path.is_dir():
+            raise ValueError(f"weight bank {str(path)!r} is a directory; expected a .safetensors file")
         if not path.is_file():
             raise FileNotFoundError(f"weight bank {str(path)!r} does not exist")
         try:

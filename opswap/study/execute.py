@@ -347,6 +347,21 @@ def _workers(workers: int | str, devices: tuple[str, ...], per_device: int = 1) 
     return max(1, available_cpus() // 4)
 
 
+def check_scheduler(backend: str, address: str | None, timeout: float = 30.0) -> None:
+    """Refuse, before any stage runs or anything is written, a dask scheduler that does not answer."""
+    if backend != "dask" or address is None:
+        return
+    try:
+        from distributed import Client
+    except ImportError:
+        raise ValueError("the dask backend needs dask.distributed: pip install 'dask[distributed]'") from None
+    try:
+        Client(address, timeout=timeout).close()
+    except (OSError, TimeoutError) as err:
+        raise ValueError(f"run.address {address!r}: no dask scheduler answered within {timeout:g} s ({err}); "
+                         "start one (dask scheduler) or fix the address") from None
+
+
 @contextlib.contextmanager
 def _backend(backend: str, address: str | None, workers: int) -> Iterator[int]:
     """Configure joblib for the backend; yield the n_jobs to use."""

@@ -115,7 +115,7 @@ def _path(problems: Problems, key: str, path: str | None, what: str, *, parent_o
 
 def _resolve(f: StudyFile, problems: Problems, source: str) -> Study:
     if not _NAME.fullmatch(f.name):
-        problems.add("name", f"{f.name!r} cannot name a results folder; use letters, digits, '-', '_' and '.'")
+        problems.add("name", f"{f.name!r} cannot name a results folder; use ASCII letters, digits, '-', '_' and '.'")
     kind = f.kind or ("methods" if f.methods else "assemble" if f.budgets is not None else "substitution")
     if kind not in STUDY_KINDS:
         problems.add("kind", f"{kind!r} is not a study kind; allowed: {', '.join(STUDY_KINDS)}{_closest(kind, STUDY_KINDS)}")
