@@ -9,6 +9,7 @@ The registry is a plain dict behind a decorator, as in timm.
 from __future__ import annotations
 
 import difflib
+import functools
 import fnmatch
 import inspect
 import re
@@ -185,31 +186,42 @@ def check_op(name: str | tuple | OpSpec, c_in: int, c_out: int, stride: int = 1,
     The op is built on PyTorch's meta device (shapes only, no memory), so a parameter its factory
     refuses (`mbconv_e0`) and a size no machine holds (`bottleneck_e99999999`: over
     `MAX_OP_PARAMS` parameters) are refused in milliseconds, before any work starts. A factory
-    that cannot run on the meta device is checked when it is really built.
+    that cannot run on the meta device is checked when it is really built. (A factory therefore
+    runs once more, on the meta device, the first time an op is asked for at a shape.)
     """
     spec = parse_op(name, **params)
     info = _REGISTRY[spec.family]
     if info.same_shape_only and (c_in != c_out or stride != 1):
         raise OpError(f"op {spec.name!r} needs c_in == c_out and stride 1 (it cannot change the "
                       f"shape), but this position maps {c_in}→{c_out} channels with stride {stride}")
-    try:
-        with torch.device("meta"):
-            module = info.factory(c_in, c_out, stride, **spec.kwargs)
-    except OpError:
-        raise
-    except (ValueError, TypeError) as err:
-        raise OpError(f"op {spec.name!r} cannot be built for {c_in}→{c_out} channels, stride {stride}: {err}") from err
-    except Exception as err:  # noqa: BLE001 - e.g. a factory that needs real tensors (calls .item())
-        if "overflow" in str(err).lower():  # a tensor whose byte size does not fit in 64 bits
-            raise OpError(f"op {spec.name!r} is too large to build at this position ({c_in}→{c_out} channels: "
-                          "a tensor of it would exceed 2**63 bytes); choose smaller parameters") from err
-        return spec
-    count = sum(p.numel() for p in module.parameters())
-    if count > MAX_OP_PARAMS:
+    count = _meta_params(spec, c_in, c_out, stride)
+    if count is not None and count > MAX_OP_PARAMS:
         raise OpError(f"op {spec.name!r} would have {count:.2g} parameters at this position ({c_in}→{c_out} "
                       f"channels; {4 * count / 2**30:,.0f} GiB in fp32), over the {MAX_OP_PARAMS:.0e} an op is "
                       "built with; choose smaller parameters")
     return spec
+
+
+@functools.lru_cache(maxsize=4096)
+def _meta_params(spec: OpSpec, c_in: int, c_out: int, stride: int) -> int | None:
+    """The op's parameter count, built on the meta device; None when its factory needs real
+    tensors there (numpy conversion, `.item()`): it is then checked when really built. The
+    factory's own refusals (OpError, ValueError) and sizes past 2**63 bytes are raised."""
+    try:
+        with torch.device("meta"):
+            module = _REGISTRY[spec.family].factory(c_in, c_out, stride, **spec.kwargs)
+    except OpError:
+        raise
+    except Exception as err:  # noqa: BLE001 - what a factory raises on the meta device varies
+        text = str(err)
+        if "overflow" in text.lower():  # a tensor whose byte size does not fit in 64 bits
+            raise OpError(f"op {spec.name!r} is too large to build at this position ({c_in}→{c_out} channels: "
+                          "a tensor of it would exceed 2**63 bytes); choose smaller parameters") from err
+        if isinstance(err, ValueError) and "meta" not in text:  # the factory refused its parameters
+            raise OpError(f"op {spec.name!r} cannot be built for {c_in}→{c_out} channels, stride {stride}: "
+                          f"{text}") from err
+        return None
+    return sum(p.numel() for p in module.parameters())
 
 
 def create_op(name: str | tuple | OpSpec, c_in: int, c_out: int, stride: int = 1, **params: Any) -> nn.Module:

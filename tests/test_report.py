@@ -231,3 +231,5 @@ def test_a_folder_with_one_model_on_two_datasets_reports_two_networks(tmp_path):
     markdown = (tmp_path / "reports" / "demo" / "README.md").read_text()
     assert "wrn-16-1 · cifar100 · baseline" in markdown and "wrn-16-1 · synthetic · baseline" in markdown
     assert "Network wrn-16-1 · cifar100:" in markdown and "pool" not in markdown.split("## ")[0]
+    figures = re.findall(r"\]\(([^)]+\.png)\)", markdown)  # each network's figures under their own names
+    assert len(figures) == len(set(figures)) and any("wrn-16-1-cifar100-" in f for f in figures)

@@ -216,11 +216,27 @@ def test_train_settings_are_checked_against_the_studys_own_epochs(tmp_path):
     path.write_text(TINY + "init = [\"lana\"]\nepochs = [25]\n[teacher]\nepochs = 4\n[train]\nwarmup_epochs = 5\n")
     with pytest.raises(StudyError, match=r"train\.warmup_epochs.*epochs=4"):
         load_study(path)
-    # A method with its own epochs is checked with them, its table merged with the study's.
-    path.write_text('name = "m"\nkind = "methods"\ndataset = "synthetic"\nepochs = [20]\n[train]\n'
-                    'warmup_epochs = 8\n[[methods]]\nname = "short"\nmodel = "tf-cnn"\nepochs = 6\n'
-                    'train = { lr = 0.05 }\n')
-    with pytest.raises(StudyError, match=r"methods\[0\]\.train\.warmup_epochs.*epochs=6"):
+    # A method with its own epochs is checked with them, its table merged with the study's; a
+    # problem of the study's [train] is said once, as the study's.
+    methods = ('name = "m"\nkind = "methods"\ndataset = "synthetic"\nepochs = [20]\n[train]\n'
+               'warmup_epochs = 8\noptimizer = "{opt}"\n[[methods]]\nname = "short"\nmodel = "tf-cnn"\nepochs = 6\n'
+               '[[methods]]\nname = "tuned"\nmodel = "tf-cnn"\nepochs = 6\ntrain = {{ lr = 0.05 }}\n')
+    path.write_text(methods.format(opt="sgd"))
+    with pytest.raises(StudyError) as err:
+        load_study(path)
+    assert "1 problem" in str(err.value)
+    assert re.search(r"train\.warmup_epochs: .*epochs=6\] \(with epochs = 6 of methods\[0\]\)", str(err.value))
+    path.write_text(methods.format(opt="adamx"))
+    with pytest.raises(StudyError, match=r"1 problem in the study:\n.*: train\.optimizer: .*'adamx'"):
+        load_study(path)
+    # The study's epochs are not a budget when every method has its own.
+    path.write_text('name = "m"\nkind = "methods"\ndataset = "synthetic"\nepochs = [2]\n[train]\nwarmup_epochs = 5\n'
+                    '[[methods]]\nname = "a"\nmodel = "tf-cnn"\nepochs = 20\n[[methods]]\nname = "b"\n'
+                    'model = "tf-cnn"\nepochs = 20\ntrain = { lr = 0.1 }\n')
+    assert len(load_study(path).methods) == 2
+    # One problem per field: the smallest budget it fails with.
+    path.write_text(TINY + "init = [\"lana\"]\nepochs = [1]\n[teacher]\nepochs = 2\n[train]\nwarmup_epochs = 3\n")
+    with pytest.raises(StudyError, match=r"1 problem in the study:\n.*train\.warmup_epochs: .*epochs=1\]"):
         load_study(path)
 
 

@@ -325,3 +325,24 @@ def test_methods_are_compared_at_one_data_fraction(tmp_path):
     value = scores.set_index(["method", "measure"])["value"]
     assert scores.attrs["data_fraction"] == 0.1
     assert value["B", "acc at data fraction"] == 35.0 and math.isnan(value["C", "acc at data fraction"])
+
+
+def test_two_data_files_of_one_name_are_two_networks_and_an_unset_setting_is_no_other_value(tmp_path):
+    import copy
+
+    a = [_retarget(r, dataset="npz", data="/a/train.npz") for r in paper_records()]
+    b = [_retarget(r, dataset="npz", data="/b/train.npz") for r in paper_records()]
+    long = tables.summary(load_results(write_records(tmp_path / "ab", a + b)))
+    assert set(long[long["is_reference"]]["row"]) == {"wrn-16-1 · /a/train.npz · baseline",
+                                                      "wrn-16-1 · /b/train.npz · baseline"}
+    c = [_retarget(r, dataset="npz", data="/c/other.npz") for r in paper_records()]
+    long = tables.summary(load_results(write_records(tmp_path / "ac", a + c)))
+    assert "wrn-16-1 · other.npz · baseline" in set(long["row"])  # distinct names: the file name suffices
+    # Records written before a setting existed lack it: not a second value of it.
+    old = []
+    for r in paper_records():
+        r = copy.deepcopy(r)
+        r["settings"]["train"]["precision"] = "auto"
+        old.append(r)
+    new = [_retarget(r, seed=r["settings"]["seed"] + 10) for r in paper_records()]
+    assert tables.pooled_settings(load_results(write_records(tmp_path / "old", old + new))) == []

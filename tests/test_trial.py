@@ -123,8 +123,12 @@ def test_a_measurement_failing_after_training_keeps_the_trained_record(npz, monk
     """Out of memory at the latency batch is no reason to train the network again."""
     import opswap.run.trial as trial_module
 
-    def out_of_memory(*args, **kwargs):
-        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    real = trial_module._latency
+
+    def out_of_memory(model, key, size, repeats, device):  # at the throughput batch only
+        if size > 1:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(model, key, size, repeats, device)
 
     monkeypatch.setattr(trial_module, "_latency", out_of_memory)
     monkeypatch.setattr(logging.getLogger("opswap"), "propagate", True)  # the CLI may have turned it off
@@ -132,10 +136,18 @@ def test_a_measurement_failing_after_training_keeps_the_trained_record(npz, monk
         record = run_trial(quick(npz, sparsity=0.8, prune="static"), trial_id="l" * 12, study="t")
     assert record["status"] == "ok" and record["error"] is None
     m = record["metrics"]
-    assert m["test_acc"] is not None and m["latency_ms_b1"] is None and m["latency_ms_batch"] is None
-    assert m["measurement_error"] == "latency: RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"
+    assert m["test_acc"] is not None and m["latency_ms_b1"] > 0 and m["latency_ms_batch"] is None
+    assert m["measurement_error"] == "latency at batch 8: RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"
     assert m["deployed_ms_b1"] > 0  # the other measurements still ran
-    assert "latency measurement failed" in caplog.text
+    assert "latency at batch 8 measurement failed" in caplog.text
+
+    def no_kernel(*args, **kwargs):
+        raise NotImplementedError("no sparse kernel for this device")
+
+    monkeypatch.setattr(trial_module, "_deployed", no_kernel)
+    m = run_trial(quick(npz, sparsity=0.8, prune="static"), trial_id="j" * 12, study="t")["metrics"]
+    assert m["measurement_error"].endswith("; deployed form: NotImplementedError: no sparse kernel for this device")
+    assert all(m[k] is None for k in trial_module.DEPLOYED_KEYS)  # null, not absent
     monkeypatch.undo()
     assert "measurement_error" not in run_trial(quick(npz), trial_id="k" * 12, study="t")["metrics"]
 

@@ -78,7 +78,11 @@ def network_names(frame: pd.DataFrame) -> pd.Series:
     for key in keys[1:]:
         # Add a part where trials that share the name so far differ in it.
         varies = parts.groupby(names)[key].transform("nunique") > 1
-        shown = parts[key].map(lambda v: Path(v).name if key == "data" and v != "None" else v)
+        shown = parts[key]
+        if key == "data":  # the file or folder name, unless two differing paths share it
+            base = shown.map(lambda v: Path(v).name if v != "None" else v)
+            clash = base.groupby(names).transform("nunique") < shown.groupby(names).transform("nunique")
+            shown = base.where(~clash, shown)
         if key == "num_classes":
             shown = shown + " classes"
         names = names.where(~varies, names + " · " + shown)
@@ -136,6 +140,12 @@ def _result_settings(frame: pd.DataFrame) -> list[str]:
     return [c for c in frame.columns if c in names]
 
 
+def _setting_text(value) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return repr(value)
+    return str(value.item() if isinstance(value, np.generic) else value)
+
+
 def pooled_settings(frame: pd.DataFrame, reference: str | None = None) -> list[str]:
     """Sentences naming the table cells whose finished trials differ in a setting other than the seed.
 
@@ -153,10 +163,13 @@ def pooled_settings(frame: pd.DataFrame, reference: str | None = None) -> list[s
     for (epochs, row, candidate), cell in data.groupby([data["epochs"].fillna(-1), "row", "candidate"], sort=True):
         if len(cell) < 2:
             continue
-        varied = [c for c in columns if cell[c].astype(str).nunique() > 1]
+        # Set values only: a setting a record lacks (written before it existed, e.g. precision)
+        # is not taken for another value of it; the same on every pandas version.
+        given = {c: {_setting_text(v) for v in cell[c] if _is_set(v)} for c in columns}
+        varied = [c for c in columns if len(given[c]) > 1]
         if varied:
             for c in varied:
-                differing.setdefault(c, set()).update(cell[c].astype(str))
+                differing.setdefault(c, set()).update(given[c])
             where = "baseline" if row.endswith("baseline") else row if row == "methods" else f"position {row}"
             cells.append(f"{where} {candidate}" + (f" at {int(epochs)} epochs" if epochs != -1 else ""))
     if not cells:
@@ -451,9 +464,10 @@ def method_table(frame: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(columns=["method", "measure", "criterion", "value", "score"])
     traditional = data["kind"].fillna("train") == "traditional"
     named = data["method"] if "method" in data else pd.Series(None, data.index, dtype=object)
+    networks = network_names(data)
     data["method"] = [m if _is_set(m) else "traditional" if t else
-                      f"{r['model']} · {candidate_label(r, with_data_fraction=False)}".replace(" · baseline", "")
-                      for m, t, (_, r) in zip(named, traditional, data.iterrows())]
+                      f"{n} · {candidate_label(r, with_data_fraction=False)}".replace(" · baseline", "")
+                      for m, t, n, (_, r) in zip(named, traditional, networks, data.iterrows())]
     # A pruned network's complexity is its surviving weights, not its dense shape.
     data["nonzero params"] = pd.to_numeric(data.get("nonzero_params", data["params"]), errors="coerce") \
         .astype("float64").fillna(pd.to_numeric(data["params"], errors="coerce").astype("float64"))

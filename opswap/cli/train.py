@@ -115,6 +115,14 @@ def check_request(args: argparse.Namespace, spec: TrialSpec) -> None:
     fetch_dataset(args.dataset, args.data)  # CIFAR's files, downloaded now if missing: a failure writes nothing
 
 
+def _reason(error: str | None) -> str:
+    """The exception's own first line (`Type: message`) of a record's error: traceback frames are
+    indented, and lines after it are hints or notes, not the reason."""
+    lines = [line for line in str(error or "").splitlines() if line.strip()]
+    own = [line for line in lines if not line[0].isspace() and not line.startswith(("Traceback", 'File "'))]
+    return (own[0] if own else lines[-1].strip() if lines else "no reason recorded").strip()
+
+
 def main(args: argparse.Namespace) -> int:
     from opswap.run.trial import run_trial
 
@@ -140,8 +148,7 @@ def main(args: argparse.Namespace) -> int:
               f"test loss {m['test_loss']:.4f}, best {m['best_test_acc']:.2f} %, params {m['params']:,}, "
               f"{record['timing']['seconds']:.1f} s")
     else:  # one line: the reason (the record's error holds the traceback's last lines)
-        lines = [line.strip() for line in str(record["error"] or "").splitlines() if line.strip()]
-        print(f"status {record['status']}: {lines[-1] if lines else 'no reason recorded'}")
+        print(f"status {record['status']}: {_reason(record['error'])}")
     if m.get("measurement_error"):
         print(f"note: measurement failed after training: {m['measurement_error']}")
     print(f"record: {record_path(out, trial_id)}")

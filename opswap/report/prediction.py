@@ -12,7 +12,9 @@ Pure: frames in, blocks out.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
+import re
 from typing import Any
 
 import numpy as np
@@ -191,9 +193,12 @@ def predictability_section(frame: pd.DataFrame, features: pd.DataFrame | None = 
         return _one_network(frame, features, metric=metric, correction=correction, n_boot=n_boot, seed=seed)
     blocks = []
     for network in networks:
+        # The study's cheap features describe its own network; the others are analysed without them.
+        tag = re.sub(r"[^a-z0-9]+", "-", network.lower()).strip("-")
         blocks.append(Block("text", f"Network {network}:"))
-        blocks += _one_network(frame[(units == network).to_numpy()], None, metric=metric, correction=correction,
-                               n_boot=n_boot, seed=seed)
+        blocks += [dataclasses.replace(b, name=f"{tag}-{b.name}") if b.kind == "figure" else b
+                   for b in _one_network(frame.loc[units.index[units == network]], None, metric=metric,
+                                         correction=correction, n_boot=n_boot, seed=seed)]
     return blocks
 
 

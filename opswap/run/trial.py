@@ -224,15 +224,20 @@ def _run(record, spec: TrialSpec, teacher, bank, device, progress, weights_path,
     # a sparse kernel the device lacks) leaves its metrics null and says why, never discards
     # the training (a failed trial is run again from scratch).
     problems: list[str] = []
-    _measure(metrics, problems, "latency", lambda: _latency(model, batch, device),
-             {"latency_ms_b1": None, "latency_ms_b1_iqr": None, "latency_ms_batch": None,
-              "latency_ms_batch_iqr": None, "latency_batch_size": batch or None})
+    metrics["latency_batch_size"] = batch or None
+    for key, size, repeats in (("latency_ms_b1", 1, 20), ("latency_ms_batch", batch, 5)):
+        if not batch:
+            metrics.update({key: None, f"{key}_iqr": None})
+            continue
+        measure = functools.partial(_latency, model, key, size, repeats, device)
+        _measure(metrics, problems, f"latency at batch {size}", measure, {key: None, f"{key}_iqr": None})
     if pruner is not None:
         from opswap.sparse import sparsity_report
 
         metrics.update(sparsity_report(model))
         if batch:
-            _measure(metrics, problems, "deployed form", lambda: _deployed(model, batch, device, spec), {})
+            _measure(metrics, problems, "deployed form", lambda: _deployed(model, batch, device, spec),
+                     dict.fromkeys(DEPLOYED_KEYS))
     else:
         metrics.update(sparsity=0.0, layer_sparsity={}, nonzero_params=params, dense_bytes=4 * params,
                        csr_bytes=None)
@@ -255,19 +260,18 @@ def _measure(metrics: dict, problems: list[str], what: str, measure, when_failed
         metrics.update(when_failed)
 
 
-def _latency(model, batch: int, device) -> dict:
-    """Median forward time (ms) at batch 1 and at a throughput batch, with its spread (IQR)."""
+def _latency(model, key: str, size: int, repeats: int, device) -> dict:
+    """Median forward time (ms) of `model` at batch `size`, with its spread (IQR), as `key` and `key`_iqr."""
     from opswap.training import measure_latency
 
-    if not batch:
-        return {"latency_ms_b1": None, "latency_ms_batch": None, "latency_batch_size": None}
-    out = {"latency_batch_size": batch}
-    for key, size, repeats in (("latency_ms_b1", 1, 20), ("latency_ms_batch", batch, 5)):
-        measured = measure_latency(model, size, device=device, warmup=2, repeats=repeats, min_run_time=0.1)
-        median = measured.get("median_ms") if isinstance(measured, dict) else getattr(measured, "median_ms", measured)
-        iqr = measured.get("iqr_ms") if isinstance(measured, dict) else getattr(measured, "iqr_ms", None)
-        out[key], out[f"{key}_iqr"] = float(median), (None if iqr is None else float(iqr))
-    return out
+    measured = measure_latency(model, size, device=device, warmup=2, repeats=repeats, min_run_time=0.1)
+    median = measured.get("median_ms") if isinstance(measured, dict) else getattr(measured, "median_ms", measured)
+    iqr = measured.get("iqr_ms") if isinstance(measured, dict) else getattr(measured, "iqr_ms", None)
+    return {key: float(median), f"{key}_iqr": None if iqr is None else float(iqr)}
+
+
+DEPLOYED_KEYS = ("deployed_ms_b1", "dense_ms_b1", "deployed_ms_batch", "dense_ms_batch", "deployed_speedup_b1",
+                 "deployed_speedup_batch", "deployed_bytes", "structured_bytes", "nm_bytes", "deployed_forms")
 
 
 def _deployed(model, batch: int, device, spec: TrialSpec) -> dict:

@@ -161,7 +161,8 @@ def _resolve(f: StudyFile, problems: Problems, source: str) -> Study:
     trains_teacher = (kind == "assemble" or (kind == "substitution" and any(i != "scratch" for i in f.init))) \
         and teacher.train and teacher.checkpoint is None
     budgets = [*f.epochs, *([teacher.epochs] if trains_teacher else [])]
-    train = check_table(problems, "train", f.train, "train", budgets)
+    # A methods study's [train] runs with each method's budget: checked per method (_methods).
+    train = check_table(problems, "train", f.train, "train", budgets, check_values=kind != "methods")
     distill = check_table(problems, "distill", f.distill, "distill")
     # Candidates imitate the teacher on the inputs it was trained on: same scaling, same augmentation.
     distill = {**{k: train[k] for k in ("normalize", "augment") if k in train}, **distill}
@@ -363,7 +364,7 @@ def _method_value_ok(key: str, value: Any) -> bool:
 
 def _methods(problems: Problems, items: list[dict], f: StudyFile, info, num_classes: int) -> tuple[Method, ...]:
     """The [[methods]] tables, checked; a method with its own dataset gets that dataset's class count."""
-    out = []
+    out, reported = [], set()  # [train] problems said once over the methods
     for i, item in enumerate(items):
         where = f"methods[{i}]"
         if not isinstance(item.get("name"), str):
@@ -378,10 +379,10 @@ def _methods(problems: Problems, items: list[dict], f: StudyFile, info, num_clas
                 problems.add(f"{where}.{key}", f"{settings[key]!r} ({type(settings[key]).__name__}) has the wrong "
                                                f"type; expected {_METHOD_TYPES[key][1]}")
                 settings.pop(key)  # checked no further
-        if isinstance(settings.get("train"), dict):
-            epochs = settings.get("epochs")
-            check_table(problems, f"{where}.train", {**f.train, **settings["train"]}, "train",
-                        [epochs] if isinstance(epochs, int) else f.epochs)
+        own = settings.get("train") if isinstance(settings.get("train"), dict) else {}
+        epochs = settings.get("epochs")
+        check_table(problems, f"{where}.train", own, "train", [epochs] if isinstance(epochs, int) else f.epochs,
+                    base=f.train if isinstance(f.train, dict) else {}, reported=reported)
         if settings.get("kind", "train") not in ("train", "traditional"):
             problems.add(f"{where}.kind", f"{settings['kind']!r} is not allowed; use \"train\" or \"traditional\"")
         if "model" in settings:

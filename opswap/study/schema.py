@@ -423,11 +423,16 @@ def apply_override(raw: dict, key: str, value: Any) -> None:
     node[last] = value
 
 
-def check_table(problems: Problems, key: str, table: dict, which: str, epochs: Iterable[int] = ()) -> dict:
+def check_table(problems: Problems, key: str, table: dict, which: str, epochs: Iterable[int] = (), *,
+                base: dict | None = None, base_key: str = "train", reported: set | None = None,
+                check_values: bool = True) -> dict:
     """Check a [train] / [distill] table (or a method's) against its settings class.
 
     A [train] table is checked with each of `epochs` (the budgets it will run with: settings
     such as `warmup_epochs` are bounded by them); without any, with TrainConfig's default.
+    A method's table is checked merged over the study's `base` table: a problem of a key the
+    method does not set is the study's (`base_key`), said once over all methods (`reported`
+    collects the fields already said). `check_values=False` checks types only.
     """
     model, cls = (_TRAIN_TABLE, TrainConfig) if which == "train" else (_DISTILL_TABLE, DistillConfig)
     if which == "train":
@@ -443,17 +448,26 @@ def check_table(problems: Problems, key: str, table: dict, which: str, epochs: I
         types = {name: _type_name(info.annotation) for name, info in model.model_fields.items()}
         problems.pydantic(err, where=f"{key}.", raw=table, expected=types, fields=model.model_fields)
         return {}
+    if not check_values:
+        return dict(table)
+    if base is not None:
+        values = {**{k: tuple(v) if isinstance(v, list) else v for k, v in base.items()
+                     if k not in ("epochs", "seed")}, **values}
     budgets = sorted({e for e in epochs if isinstance(e, int) and not isinstance(e, bool) and e > 0})
-    seen = set()
+    said = reported if reported is not None else set()
     for extra in ([{"epochs": e} for e in budgets] if which == "train" and budgets else [{}]):
         try:
             cls(**values, **extra)
         except (TypeError, ValueError) as err:
-            message = str(err) + (f" (with epochs = {extra['epochs']})" if extra and len(budgets) > 1 else "")
-            if str(err) not in seen:
-                seen.add(str(err))
-                field_name = re.match(r"train setting (\w+) = ", str(err))
-                problems.add(f"{key}.{field_name[1]}" if field_name else key, message)
+            name = re.match(r"train setting (\w+) = ", str(err))
+            field = name[1] if name else None
+            where = key if field is None or field in table or base is None else base_key
+            if (where, field) in said:
+                continue  # one problem per field (the smallest budget it fails with)
+            said.add((where, field))
+            note = f" (with epochs = {extra['epochs']}{f' of {key.rsplit(chr(46), 1)[0]}' if where != key else ''})" \
+                if extra and "epochs=" in str(err) and (len(budgets) > 1 or where != key) else ""
+            problems.add(f"{where}.{field}" if field else where, str(err) + note)
     return dict(table)
 
 
