@@ -51,6 +51,28 @@ def non_finite_fields(config: Any) -> list[str]:
     return out
 
 
+_SCALARS = {"bool": (bool,), "int": (int,), "float": (int, float), "str": (str,), "None": (type(None),)}
+
+
+def wrong_type_fields(config: Any) -> list[str]:
+    """`name (expected)` of each scalar field of a dataclass whose value has another type.
+
+    Settings come from TOML and the command line (typed there) and from Python, where `True`
+    for a learning rate or `1` for a flag would otherwise be stored as given — and hashed into
+    another trial id than `True`. bool is no int or float here."""
+    out = []
+    for f in fields(config):
+        names = [part.strip() for part in str(f.type).split("|")]
+        if not all(n in _SCALARS for n in names):
+            continue  # tuples and other containers are checked where they are used
+        value = getattr(config, f.name)
+        ok = any(isinstance(value, t) and not (isinstance(value, bool) and n in ("int", "float"))
+                 for n in names for t in _SCALARS[n])
+        if not ok:
+            out.append(f"{f.name} ({' or '.join(names)})")
+    return out
+
+
 def coerce_float_fields(config: Any) -> None:
     """Set every int given for a float-typed field of a frozen dataclass to its float.
 
@@ -93,6 +115,9 @@ class TrainConfig:
         def bad(key, allowed):
             raise ValueError(f"train setting {key} = {getattr(self, key)!r} is invalid; allowed: {allowed}")
 
+        for wrong in wrong_type_fields(self):
+            key, _, expected = wrong.partition(" (")
+            bad(key, expected.rstrip(")"))
         coerce_float_fields(self)
         for key in non_finite_fields(self):
             bad(key, "a finite number")

@@ -2,6 +2,7 @@
 import json
 import math
 import pickle
+import re
 from dataclasses import replace
 
 import pytest
@@ -297,3 +298,22 @@ def test_opswap_train_refuses_a_missing_device_before_any_work(tmp_path, capsys)
     out = tmp_path / "out"
     assert main(["train", "--model", "wrn-10-1", "--dataset", "synthetic", "--device", "bogus", "--out", str(out)]) == 2
     assert "is not a device" in capsys.readouterr().err and not out.exists()
+
+
+@pytest.mark.parametrize("settings, words", [
+    ({"compile": 1}, "compile = 1 is invalid; allowed: bool or None"),  # 1 == True, but another trial id
+    ({"lr": True}, "lr = True is invalid; allowed: float or None"),
+    ({"augment": "no"}, "augment = 'no' is invalid; allowed: bool"),
+    ({"epochs": 2.0}, "epochs = 2.0 is invalid; allowed: int"),
+])
+def test_settings_of_the_wrong_type_are_refused_from_python_too(settings, words):
+    with pytest.raises(ValueError, match=re.escape(words)):
+        TrainConfig(**settings)
+
+
+def test_distill_settings_of_the_wrong_type_are_refused():
+    from opswap.distill.engine import DistillConfig
+
+    with pytest.raises(ValueError, match=r"stop_early must be bool, got 1"):
+        DistillConfig(stop_early=1)
+    assert DistillConfig(lr=1).lr == 1.0 and DistillConfig(max_pairs_at_once=None).max_pairs_at_once is None

@@ -30,7 +30,7 @@ from opswap.allocator import keep_freed_memory
 from opswap.distill.bank import BankEntry, WeightBank, teacher_fingerprint
 from opswap.substitution import positions, valid_ops
 from opswap.precision import PRECISIONS, autocast, memory_format, resolve_precision
-from opswap.training import MAX_SEED, coerce_float_fields, non_finite_fields
+from opswap.training import MAX_SEED, coerce_float_fields, non_finite_fields, wrong_type_fields
 
 __all__ = ["DistillConfig", "distill_bank", "normalised_mse", "valid_pairs", "resolve_device"]
 
@@ -58,6 +58,11 @@ class DistillConfig:
     precision: str = "auto"  # auto | fp32 | bf16: autocast + channels_last for teacher and candidates
 
     def __post_init__(self) -> None:
+        wrong = wrong_type_fields(self)
+        if wrong:
+            raise ValueError("invalid distillation settings: " + "; ".join(
+                f"{w.partition(' (')[0]} must be {w.partition(' (')[2].rstrip(')')}, got "
+                f"{getattr(self, w.partition(' (')[0])!r}" for w in wrong))
         coerce_float_fields(self)
         problems = [f"{key} must be a finite number, got {getattr(self, key)!r}" for key in non_finite_fields(self)]
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
