@@ -250,6 +250,13 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
         resolved = torch.device(device)
     except (RuntimeError, TypeError) as err:
         raise ValueError(f"{device!r} is not a device; use cpu, cuda, cuda:N or auto ({err})") from None
+    if resolved.type == "cpu" and resolved.index not in (None, 0):
+        raise ValueError(f"device {device!r}: the CPU is one device; use cpu (its threads follow "
+                         "OMP_NUM_THREADS or torch.set_num_threads)")
+    if resolved.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device {device!r}: opswap runs on cpu, cuda, cuda:N or mps")
+    if resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r}: this machine has no Apple GPU that torch can use; use cpu or auto")
     if resolved.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:

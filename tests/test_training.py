@@ -283,7 +283,8 @@ def test_keep_freed_memory_is_set_once_on_glibc_and_can_be_turned_off(monkeypatc
 
 
 @pytest.mark.parametrize("device, words", [("bogus", "'bogus' is not a device"),
-                                           ("cuda:99", "cuda:99")])
+                                           ("cuda:99", "cuda:99"), ("cpu:3", "the CPU is one device"),
+                                           ("meta", "runs on cpu, cuda, cuda:N or mps")])
 def test_a_device_this_machine_lacks_is_a_clear_value_error(device, words):
     from opswap.training import resolve_device
 
