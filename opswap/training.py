@@ -82,7 +82,10 @@ def coerce_float_fields(config: Any) -> None:
     for f in fields(config):
         value = getattr(config, f.name)
         if "float" in str(f.type) and isinstance(value, int) and not isinstance(value, bool):
-            object.__setattr__(config, f.name, float(value))
+            try:
+                object.__setattr__(config, f.name, float(value))
+            except OverflowError:  # past 1.8e308: no float at all
+                raise ValueError(f"setting {f.name} = {value} is too large for a float") from None
 
 
 @dataclass(frozen=True)
