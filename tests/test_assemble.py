@@ -415,3 +415,10 @@ def test_uniform_assignments_put_one_op_where_it_fits():
     tight = uniform_assignments(costs, "params=0.6")
     assert [s.label for s in tight] == ["uniform:identity"] and "conv_bn_e1" in tight.details["skipped"]
     assert "skipped" in tight.note and not tight.complete
+
+
+def test_a_cost_table_that_is_not_an_object_is_a_clear_value_error():
+    from opswap.assemble.costs import CostTable
+
+    with pytest.raises(ValueError, match="a cost table is a JSON object .* got a list"):
+        CostTable.from_dict([1, 2])

@@ -346,3 +346,10 @@ def test_two_data_files_of_one_name_are_two_networks_and_an_unset_setting_is_no_
         old.append(r)
     new = [_retarget(r, seed=r["settings"]["seed"] + 10) for r in paper_records()]
     assert tables.pooled_settings(load_results(write_records(tmp_path / "old", old + new))) == []
+
+
+def test_a_non_finite_measurement_is_printed_as_missing(tmp_path):
+    record = make_record(test_acc=90.0)
+    record["metrics"]["params"] = float("inf")  # a hand-edited or foreign record
+    table = tables.format_complexity(tables.complexity_table(load_results(write_records(tmp_path / "i", [record]))))
+    assert table["params"].tolist() == [tables.MISSING]

@@ -423,7 +423,8 @@ def format_complexity(table: pd.DataFrame) -> pd.DataFrame:
     out = table.copy().astype(object)
     for column, fmt in formats.items():
         if column in out:
-            out[column] = [MISSING if pd.isna(v) else fmt(v) for v in table[column]]
+            # NaN, and ±inf from a hand-edited or foreign record, are no measurement to print
+            out[column] = [MISSING if pd.isna(v) or not math.isfinite(float(v)) else fmt(v) for v in table[column]]
     if {"latency_ms_b1", "latency_ms_b1_min", "latency_ms_b1_max", "latency_n"} <= set(table.columns):
         out["latency_ms_b1"] = [
             MISSING if pd.isna(m) else f"{m:.2f} ms" if n < 2 else f"{m:.2f} ms ({lo:.2f}–{hi:.2f}, n={int(n)})"

@@ -126,6 +126,8 @@ class CostTable:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CostTable:
+        if not isinstance(data, Mapping):
+            raise ValueError(f"a cost table is a JSON object with schema, rows, total, ...; got a {type(data).__name__}")
         if data.get("schema") != _SCHEMA:
             raise ValueError(f"cost table schema {data.get('schema')!r}; this opswap reads schema {_SCHEMA}")
         return cls(rows=[Cost(**r) for r in data["rows"]], total=dict(data["total"]), device=data["device"],

@@ -143,7 +143,8 @@ def _check_costs_file(path: Path) -> None:
         try:
             CostTable.load(path)
         except (ValueError, KeyError, TypeError, OSError) as err:
-            raise ValueError(f"--costs {str(path)!r} exists and is not a cost table ({type(err).__name__}); it is left "
+            why = f"no key {err}" if isinstance(err, KeyError) else str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise ValueError(f"--costs {str(path)!r} exists and is not a cost table ({why}); it is left "
                              "as it is: give a new path, or the cost table's") from None
     elif not path.parent.is_dir():
         raise ValueError(f"--costs {str(path)!r}: the folder {str(path.parent)!r} does not exist")
