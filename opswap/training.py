@@ -54,8 +54,8 @@ def non_finite_fields(config: Any) -> list[str]:
 _SCALARS = {"bool": (bool,), "int": (int,), "float": (int, float), "str": (str,), "None": (type(None),)}
 
 
-def wrong_type_fields(config: Any) -> list[str]:
-    """`name (expected)` of each scalar field of a dataclass whose value has another type.
+def wrong_type_fields(config: Any) -> list[tuple[str, str]]:
+    """(name, expected type) of each scalar field of a dataclass whose value has another type.
 
     Settings come from TOML and the command line (typed there) and from Python, where `True`
     for a learning rate or `1` for a flag would otherwise be stored as given — and hashed into
@@ -69,7 +69,7 @@ def wrong_type_fields(config: Any) -> list[str]:
         ok = any(isinstance(value, t) and not (isinstance(value, bool) and n in ("int", "float"))
                  for n in names for t in _SCALARS[n])
         if not ok:
-            out.append(f"{f.name} ({' or '.join(names)})")
+            out.append((f.name, " or ".join(names)))
     return out
 
 
@@ -118,13 +118,12 @@ class TrainConfig:
         def bad(key, allowed):
             raise ValueError(f"train setting {key} = {getattr(self, key)!r} is invalid; allowed: {allowed}")
 
-        for wrong in wrong_type_fields(self):
-            key, _, expected = wrong.partition(" (")
-            bad(key, expected.rstrip(")"))
+        for key, expected in wrong_type_fields(self):
+            bad(key, expected)
         coerce_float_fields(self)
         for key in non_finite_fields(self):
             bad(key, "a finite number")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
+        if not 0 <= self.seed <= MAX_SEED:  # an int: checked with the other types above
             bad("seed", "an integer in [0, 2**63 - 1]")
 
         if self.optimizer not in OPTIMIZERS:

@@ -61,11 +61,10 @@ class DistillConfig:
         wrong = wrong_type_fields(self)
         if wrong:
             raise ValueError("invalid distillation settings: " + "; ".join(
-                f"{w.partition(' (')[0]} must be {w.partition(' (')[2].rstrip(')')}, got "
-                f"{getattr(self, w.partition(' (')[0])!r}" for w in wrong))
+                f"{key} must be {expected}, got {getattr(self, key)!r}" for key, expected in wrong))
         coerce_float_fields(self)
         problems = [f"{key} must be a finite number, got {getattr(self, key)!r}" for key in non_finite_fields(self)]
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
+        if not 0 <= self.seed <= MAX_SEED:  # an int: checked with the other types above
             problems.append(f"seed must be an integer in [0, 2**63 - 1], got {self.seed!r}")
         if not isinstance(self.steps, int) or self.steps < 1:
             problems.append(f"steps must be an integer >= 1, got {self.steps!r}")
